@@ -1,0 +1,196 @@
+"""How well does detect_mask find the damage from the input alone?
+
+(a) Generated damage (imgrestore.data.damage) over crops of real photos, at 256 and 512 px, seeded;
+    IoU of detect_mask against the true mask (input != Pillow gray of the photo) and against the
+    geometric region that was filled, broken down by shape, size and photo variant ("clipped" =
+    contrast stretched x1.6 and clipped, so photos get big saturated 0/255 areas).
+(b) The real DACON train pairs, if --dacon DIR is given (DIR/train_input, DIR/train_gt), and the
+    detected value/area/confidence for DIR/test_input (no ground truth there).
+
+    python benchmarks/mask_detection.py --n 300 --dacon /work/shared/dacon_samples \
+        --write-docs docs/benchmarks.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imgrestore.data.damage import SHAPES, DamageConfig, apply_damage, to_gray
+from imgrestore.data.io import ImageReadError, read_gray, read_rgb, write_text
+from imgrestore.data.masks import detect_mask, true_mask
+
+DEFAULT_PHOTOS = Path("/work/shared/photos")
+SECTION = "## Mask detection"
+
+
+def load_photos(folder: Path | None) -> dict[str, np.ndarray]:
+    photos: dict[str, np.ndarray] = {}
+    if folder is not None and folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}:
+                continue
+            try:
+                photos[path.name] = read_rgb(path)
+            except ImageReadError as e:
+                print(f"skipping {e}", file=sys.stderr)
+    if not photos:
+        from skimage import data
+
+        for name in ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left"):
+            try:
+                img = getattr(data, name)()
+            except Exception:  # noqa: BLE001 - some need a download; use what ships with skimage
+                continue
+            photos[name] = img[..., :3] if img.ndim == 3 else np.stack([img] * 3, -1)
+    return photos
+
+
+def random_crop(rgb: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random square crop (side between `size` and the short side), resized to size x size."""
+    h, w = rgb.shape[:2]
+    short = min(h, w)
+    side = int(rng.integers(min(size, short), short + 1))
+    r, c = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = Image.fromarray(np.ascontiguousarray(rgb[r:r + side, c:c + side]))
+    if side != size:
+        crop = crop.resize((size, size), Image.BICUBIC)
+    return np.asarray(crop)
+
+
+def clipped(rgb: np.ndarray) -> np.ndarray:
+    """Contrast x1.6 around mid-gray, clipped: big blown-out whites and crushed blacks."""
+    return np.clip((rgb.astype(np.float32) - 128) * 1.6 + 128, 0, 255).round().astype(np.uint8)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def timed_detect(gray: np.ndarray):
+    t = time.perf_counter()
+    mask = detect_mask(gray)
+    return mask, time.perf_counter() - t
+
+
+def summary_row(name: str, ious: list[float], times: list[float] | None = None) -> str:
+    v = np.asarray(ious)
+    cells = [name, str(v.size), f"{v.mean():.4f}", f"{np.median(v):.4f}", f"{v.min():.4f}", f"{(v > 0.9).mean():.1%}"]
+    if times is not None:
+        cells.append(f"{np.mean(times) * 1000:.1f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def generated(photos: dict[str, np.ndarray], n: int, seed: int, sizes: tuple[int, ...]) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(seed)
+    names = sorted(photos)
+    rows = []  # (shape, size, variant, iou_true, iou_geom, seconds, photo, fill)
+    for i in range(n):
+        for variant in ("photo", "clipped"):
+            photo = photos[names[int(rng.integers(len(names)))]]
+            size = sizes[i % len(sizes)]
+            rgb = random_crop(photo, size, rng)
+            if variant == "clipped":
+                rgb = clipped(rgb)
+            shape = SHAPES[i % len(SHAPES)]
+            damaged = apply_damage(rgb, rng, DamageConfig(shapes=(shape,)))
+            found, seconds = timed_detect(damaged.gray)
+            truth = true_mask(damaged.gray, rgb)
+            rows.append((shape, size, variant, iou(found, truth), iou(found, damaged.mask), seconds,
+                         damaged.fill))
+    header = ["| subset | n | mean IoU | median | min | IoU > 0.9 | ms/image |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = list(header)
+    lines.append(summary_row("**all** (vs true mask)", [r[3] for r in rows], [r[5] for r in rows]))
+    lines.append(summary_row("all (vs geometric region)", [r[4] for r in rows], [r[5] for r in rows]))
+    for variant in ("photo", "clipped"):
+        sel = [r for r in rows if r[2] == variant]
+        lines.append(summary_row(f"variant = {variant}", [r[3] for r in sel], [r[5] for r in sel]))
+    for size in sizes:
+        sel = [r for r in rows if r[1] == size]
+        lines.append(summary_row(f"size = {size}", [r[3] for r in sel], [r[5] for r in sel]))
+    for shape in SHAPES:
+        sel = [r for r in rows if r[0] == shape]
+        lines.append(summary_row(f"shape = {shape}", [r[3] for r in sel], [r[5] for r in sel]))
+    for lo, hi in ((0, 10), (11, 50), (51, 100)):
+        sel = [r for r in rows if lo <= r[6] <= hi]
+        if sel:
+            lines.append(summary_row(f"fill in [{lo}, {hi}]", [r[3] for r in sel], [r[5] for r in sel]))
+    worst = sorted(rows, key=lambda r: r[3])[:5]
+    notes = ["Worst cases (shape, size, variant, fill, IoU vs true / vs geometric): "
+             + "; ".join(f"{r[0]} {r[1]} {r[2]} fill={r[6]} {r[3]:.3f}/{r[4]:.3f}" for r in worst)]
+    return lines, notes
+
+
+def dacon(folder: Path) -> list[str]:
+    lines = ["| DACON sample | fill | area px | IoU vs true mask | confidence | ms |", "|---|---:|---:|---:|---:|---:|"]
+    for path in sorted((folder / "train_input").glob("*.png")):
+        gray, gt = read_gray(path), read_rgb(folder / "train_gt" / path.name)
+        t = time.perf_counter()
+        found, info = detect_mask(gray, return_info=True)
+        ms = (time.perf_counter() - t) * 1000
+        lines.append(f"| {path.stem} | {info.value} | {info.area} | {iou(found, true_mask(gray, gt)):.4f} | "
+                     f"{info.confidence:.3f} | {ms:.1f} |")
+    for path in sorted((folder / "test_input").glob("*.png")):
+        gray = read_gray(path)
+        t = time.perf_counter()
+        _, info = detect_mask(gray, return_info=True)
+        ms = (time.perf_counter() - t) * 1000
+        lines.append(f"| {path.stem} (no truth) | {info.value} | {info.area} | - | {info.confidence:.3f} | {ms:.1f} |")
+    return lines
+
+
+def write_section(doc: Path, section: str) -> None:
+    """Add or replace the '## Mask detection' section of doc, leaving the rest alone."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    write_text(doc, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS if DEFAULT_PHOTOS.is_dir() else None,
+                    help="folder of colour photos (default /work/shared/photos, else skimage.data images)")
+    ap.add_argument("--dacon", type=Path, default=None, help="folder with train_input/, train_gt/, test_input/")
+    ap.add_argument("--n", type=int, default=200, help="crops per variant (photo, clipped)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--write-docs", type=Path, default=None, help="add/replace the section in this markdown file")
+    args = ap.parse_args(argv)
+
+    photos = load_photos(args.photos)
+    src = str(args.photos) if args.photos is not None and args.photos.is_dir() else "skimage.data"
+    lines, notes = generated(photos, args.n, args.seed, tuple(args.sizes))
+    out = [f"Generated damage over {len(photos)} photos from {src}: {args.n} crops x 2 variants, "
+           f"sizes {args.sizes}, seed {args.seed}, shapes cycled, area 1-15%, fill 0-100.", ""] + lines
+    out += [""] + notes
+    if args.dacon is not None:
+        out += ["", f"Real DACON samples ({args.dacon}):", ""] + dacon(args.dacon)
+    report = "\n".join(out)
+    print(report)
+
+    if args.write_docs is not None:
+        cmd = "python benchmarks/mask_detection.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        machine = f"{platform.machine()}, {os.cpu_count()}-core CPU (shared with other jobs), Python {platform.python_version()}"
+        section = (f"{SECTION}\n\n`detect_mask` (platform/imgrestore/data/masks.py) against the true mask.\n\n"
+                   f"- command: `{cmd}`\n- machine: {machine}\n- date: {dt.date.today().isoformat()}\n\n"
+                   f"{report}\n")
+        write_section(args.write_docs, section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""DACON-format data: reading, validation, the damage model, mask recovery and dataset building."""

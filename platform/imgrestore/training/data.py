@@ -1,0 +1,89 @@
+"""PyTorch datasets of (damaged gray, mask, colour truth) for training and validation.
+
+The mask of a real pair is recovered exactly (`input != gray(gt)`). When the training size differs from
+the file size, the pair is rebuilt at the new size rather than resized: the ground truth is resized, its
+Pillow gray is taken, and the (nearest-resized) region is filled with the original fill value, so the
+input/truth relation stays exactly the one the competition uses.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from imgrestore.data.damage import DamageConfig, apply_damage
+from imgrestore.data.io import read_gray, read_rgb
+from imgrestore.data.masks import true_mask
+
+
+def to_tensors(gray: np.ndarray, mask: np.ndarray, rgb: np.ndarray | None = None):
+    """uint8 arrays -> float tensors in [0,1]: gray (1,H,W), mask (1,H,W), rgb (3,H,W)."""
+    g = torch.from_numpy(gray).float().div_(255).unsqueeze(0)
+    m = torch.from_numpy(mask.astype(np.float32)).unsqueeze(0)
+    if rgb is None:
+        return g, m
+    return g, m, torch.from_numpy(rgb).float().div_(255).permute(2, 0, 1).contiguous()
+
+
+def to_uint8_rgb(pred: torch.Tensor) -> np.ndarray:
+    """(3,H,W) float in [0,1] -> (H,W,3) uint8, rounded."""
+    return pred.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def load_pair(input_path: str, gt_path: str, size: int | None = None):
+    """Read a train pair and return (gray, mask, rgb) uint8/bool arrays, rebuilt at size x size if given."""
+    gray, rgb = read_gray(input_path), read_rgb(gt_path)
+    mask = true_mask(gray, rgb)
+    if size is None or gray.shape == (size, size):
+        return gray, mask, rgb
+    fill = int(np.bincount(gray[mask]).argmax()) if mask.any() else 0
+    rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
+    mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
+    gray = np.asarray(Image.fromarray(rgb).convert("L")).copy()
+    gray[mask] = fill
+    return gray, mask, rgb
+
+
+class RestorationDataset(Dataset):
+    """Train/validation pairs from a frame with `input_path` and `gt_path` columns.
+
+    extra_damage: probability of replacing the real damage by freshly generated damage on the same
+    ground truth (more masks per photo); flip: random horizontal flips. Both only when `train=True`.
+    Pairs are decoded once and kept in memory (the DACON train set at 512 px is ~6 GB as uint8; at the
+    sizes we train at, far less).
+    """
+
+    def __init__(self, frame: pd.DataFrame, size: int | None = None, train: bool = False,
+                 extra_damage: float = 0.0, flip: bool = True, seed: int = 0,
+                 damage: DamageConfig = DamageConfig()):
+        self.frame = frame.reset_index(drop=True)
+        self.size, self.train = size, train
+        self.extra_damage, self.flip, self.seed, self.damage = extra_damage, flip, seed, damage
+        self.epoch = 0
+        self._cache: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Different augmentations each epoch, the same ones for the same (seed, epoch, index)."""
+        self.epoch = epoch
+
+    def pair(self, i: int):
+        if i not in self._cache:
+            row = self.frame.iloc[i]
+            self._cache[i] = load_pair(row["input_path"], row["gt_path"], self.size)
+        return self._cache[i]
+
+    def __getitem__(self, i: int):
+        gray, mask, rgb = self.pair(i)
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            if self.extra_damage and rng.random() < self.extra_damage:
+                damaged = apply_damage(rgb, rng, self.damage)
+                gray, mask = damaged.gray, damaged.mask
+            if self.flip and rng.random() < 0.5:
+                gray, mask, rgb = gray[:, ::-1], mask[:, ::-1], rgb[:, ::-1]
+        return to_tensors(np.ascontiguousarray(gray), np.ascontiguousarray(mask), np.ascontiguousarray(rgb))

@@ -1,0 +1,1 @@
+"""Ray Tune search over restoration models and training settings, tracked in MLflow."""

@@ -1,0 +1,100 @@
+"""Search spaces as plain YAML.
+
+    name: demo
+    metric: score                 # reported by every trial; mode: max
+    num_samples: 6
+    max_concurrent_trials: 2
+    search: {algorithm: optuna}   # optuna | random
+    scheduler: {name: asha, grace_period: 2, reduction_factor: 2}   # asha | fifo
+    resources: {cpu: 1, gpu: 0}   # per trial; gpu > 1 runs the trial as a Ray Train TorchTrainer
+    max_failures: 2               # a crashed trial restarts from its last checkpoint
+    config:                       # the trial config (imgrestore.training.loop.DEFAULTS)
+      model:
+        name: {choice: [unet, two_stage_unet]}
+        base_channels: {choice: [8, 16]}
+      lr: {loguniform: [3.0e-4, 3.0e-3]}
+      epochs: 4
+
+Inside `config` a value is a constant, a nested mapping, or one distribution: a mapping with the single key
+choice | uniform | loguniform | randint | quniform | qloguniform (Ray Tune's names).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from ray import tune
+
+DISTRIBUTIONS = {
+    "choice": lambda v: tune.choice(list(v)),
+    "uniform": lambda v: tune.uniform(*map(float, v)),
+    "loguniform": lambda v: tune.loguniform(*map(float, v)),
+    "randint": lambda v: tune.randint(*map(int, v)),
+    "quniform": lambda v: tune.quniform(*map(float, v)),
+    "qloguniform": lambda v: tune.qloguniform(*map(float, v)),
+}
+TOP_LEVEL = {"name", "metric", "mode", "num_samples", "max_concurrent_trials", "search", "scheduler",
+             "resources", "max_failures", "config", "description"}
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    config: dict
+    metric: str = "score"
+    mode: str = "max"
+    num_samples: int = 4
+    max_concurrent_trials: int | None = None
+    search: dict = field(default_factory=lambda: {"algorithm": "random"})
+    scheduler: dict = field(default_factory=lambda: {"name": "fifo"})
+    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    max_failures: int = 2
+    description: str = ""
+    source: str = ""
+
+    def param_space(self) -> dict:
+        """The trial config with every distribution turned into a Ray Tune sampler."""
+        return to_tune(self.config, "config")
+
+
+def to_tune(value, where: str):
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in DISTRIBUTIONS:
+            kind, args = next(iter(value.items()))
+            if not isinstance(args, (list, tuple)) or not args:
+                raise ValueError(f"{where}: '{kind}' needs a list, got {args!r}")
+            try:
+                return DISTRIBUTIONS[kind](args)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: bad '{kind}' arguments {args!r}: {e}") from None
+        return {k: to_tune(v, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def load_space(path: str | os.PathLike) -> SearchSpace:
+    """Read and check a search-space YAML; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: search space not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict) or "config" not in raw:
+        raise ValueError(f"{path}: a search space is a mapping with at least a 'config' key")
+    unknown = set(raw) - TOP_LEVEL
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(TOP_LEVEL)}")
+    from imgrestore.training.loop import DEFAULTS  # the trial config's keys
+
+    bad = set(raw["config"]) - set(DEFAULTS)
+    if bad:
+        raise ValueError(f"{path}: config has unknown keys {sorted(bad)}; known: {sorted(DEFAULTS)}")
+    if raw.get("mode", "max") not in ("max", "min"):
+        raise ValueError(f"{path}: mode must be 'max' or 'min'")
+    space = SearchSpace(**{k: v for k, v in raw.items() if k != "config"}, config=raw["config"], source=str(path))
+    space.name = str(raw.get("name") or path.stem)
+    space.param_space()  # fail now, with the key's path, on a malformed distribution
+    return space

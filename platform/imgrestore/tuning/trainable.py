@@ -1,0 +1,64 @@
+"""The Ray Tune trainable: one trial = imgrestore.training.loop.train, reporting to Tune.
+
+One process per trial by default. A trial whose resources ask for more than one worker (`workers: N`,
+typically one per GPU) runs the same loop as a Ray Train TorchTrainer inside the Tune trial (data-parallel
+DDP), the pattern of Ray's "hyperparameter optimization" Train guide.
+"""
+from __future__ import annotations
+
+import torch
+from ray import tune
+
+from imgrestore.training.loop import train
+
+
+def _report_to_tune(metrics: dict, checkpoint_dir: str) -> None:
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+
+def train_trial(config: dict, cpus: int = 1) -> None:
+    """Function trainable; resumes from the trial's last checkpoint when Tune restarts it."""
+    torch.set_num_threads(max(1, int(cpus)))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        train(config, _report_to_tune)
+        return
+    with checkpoint.as_directory() as resume_dir:
+        train(config, _report_to_tune, resume_from=resume_dir)
+
+
+def _train_worker(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    def report(metrics: dict, checkpoint_dir: str) -> None:
+        # every worker reports; only rank 0 hands over its checkpoint (the weights are identical under DDP)
+        rank0 = ray.train.get_context().get_world_rank() == 0
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if rank0 else None)
+
+    resume = config.pop("_resume_from", None)
+    train(config, report, resume_from=resume, device=str(ray.train.torch.get_device()),
+          wrap_model=ray.train.torch.prepare_model, wrap_loader=ray.train.torch.prepare_data_loader)
+
+
+def train_trial_distributed(config: dict, workers: int = 2, use_gpu: bool = False, cpus_per_worker: int = 1) -> None:
+    """A Tune trial that runs `workers` data-parallel Ray Train workers."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    config = dict(config)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        config["_resume_from"] = checkpoint.path
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=ray.train.RunConfig(name=f"{tune.get_context().get_trial_name()}-train",
+                                       storage_path=tune.get_context().get_storage().storage_path,
+                                       callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
