@@ -14,13 +14,13 @@ from pathlib import Path
 import ray
 from mlflow.tracking import MlflowClient
 
-from imgrestore.clustering.preprocess import ensure_preprocessed
 from imgrestore.data.dacon import load_dataset
 from imgrestore.data.embedded import embedded_dataset
+from imgrestore.preprocess import run_preprocess
 from imgrestore.submission.predict import write_submission
 from imgrestore.tracking import setup_tracking
 from imgrestore.tracking.champion import load_restorer, log_champion
-from imgrestore.tuning.search import latest_experiment, run_search
+from imgrestore.tuning.search import best_checkpoint, latest_experiment, run_search
 from imgrestore.tuning.space import load_space
 from imgrestore.tuning.summary import SCORE_KEYS, summary_text, trials_table
 
@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--model-name", help="registered model name (default: imgrestore-<space name>)")
     p.add_argument("--embedder", default=None, help="preprocess embedder (default: clip:geolocal/StreetCLIP "
                    "for --data, effnet-lite0 for the embedded dataset)")
+    p.add_argument("--preprocess-out", help="where preprocess writes its CSVs (default: the data folder)")
     p.add_argument("--ray-address", help="connect to a running Ray cluster (default: start a local one)")
     p.add_argument("--num-samples", type=int, help="override the space's num_samples")
     p.add_argument("--seed", type=int, default=0)
@@ -56,7 +57,10 @@ def main(argv=None) -> int:
 
     # 1. preprocess: embeddings -> scene clusters -> leakage-free folds (skipped when up to date)
     embedder = args.embedder or ("effnet-lite0" if not args.data else "clip:geolocal/StreetCLIP")
-    pre = ensure_preprocessed(data_dir, embedder=embedder, tracking_uri=tracking_uri)
+    pre = run_preprocess(data_dir, args.preprocess_out, embedder=embedder, tracking_uri=tracking_uri)
+    print(f"preprocess: {'up to date, reused' if pre.reused else 'done'} ({pre.embedder}, {pre.backend}): "
+          f"{pre.summary.get('n_clusters')} clusters, noise {pre.summary.get('noise_share', 0):.0%}")
+    space.config = {**space.config, "preproc_csv": pre.paths["train_csv"]}
 
     # 2. search
     resume = None
@@ -66,16 +70,20 @@ def main(argv=None) -> int:
             print(f"error: no experiment of space '{space.name}' to resume under {args.storage}", file=sys.stderr)
             return 2
     outcome = run_search(space, data_dir, args.storage, tracking_uri, resume=resume, seed=args.seed,
-                         artifacts=[space.source, *pre.artifacts])
+                         artifacts=[space.source, pre.paths["cluster_map"], pre.paths["summary"]])
     print(trials_table(outcome.results, space.metric, space.mode))
 
-    # 3. champion: the best checkpoint of the best trial, registered with the alias `champion`
-    best = outcome.results.get_best_result(space.metric, space.mode, scope="all")
-    checkpoint = best.get_best_checkpoint(space.metric, space.mode)
-    if checkpoint is None:
-        print("error: no trial produced a checkpoint; see the errors above", file=sys.stderr)
-        return 1
     client = MlflowClient(tracking_uri)
+    try:
+        return finish(args, space, outcome, dataset, client, tracking_uri)
+    except BaseException:
+        client.set_terminated(outcome.parent_run_id, "FAILED")
+        raise
+
+
+def finish(args, space, outcome, dataset, client, tracking_uri) -> int:
+    # 3. champion: the best checkpoint of the best trial, registered with the alias `champion`
+    best, checkpoint, best_epoch = best_checkpoint(outcome.results, space.metric, space.mode)
     with checkpoint.as_directory() as ckpt_dir:
         model_uri, version = log_champion(ckpt_dir, outcome.parent_run_id,
                                           args.model_name or f"imgrestore-{space.name}", tracking_uri)
@@ -84,12 +92,12 @@ def main(argv=None) -> int:
     model = load_restorer(model_uri, tracking_uri)
     zip_path = write_submission(model, dataset.test, args.out)
     client.log_artifact(outcome.parent_run_id, str(zip_path))
-    best_metrics = {f"best_{k}": float(best.metrics[k]) for k in SCORE_KEYS if k in best.metrics}
+    best_metrics = {f"best_{k}": float(best_epoch[k]) for k in SCORE_KEYS if k in best_epoch}
     for k, v in best_metrics.items():
         client.log_metric(outcome.parent_run_id, k, v)
-    client.set_tag(outcome.parent_run_id, "best_trial_id", best.metrics.get("trial_id", ""))
+    client.set_tag(outcome.parent_run_id, "best_trial_id", best_epoch.get("trial_id", ""))
     client.set_terminated(outcome.parent_run_id, "FINISHED")
-    print(summary_text(best, space.metric, zip_path.resolve(), model_uri, version, outcome.experiment_dir,
+    print(summary_text(best_epoch, best.config, zip_path.resolve(), model_uri, version, outcome.experiment_dir,
                        tracking_uri))
     print(json.dumps({"submission": str(zip_path.resolve()), "champion": model_uri, **best_metrics}))
     return 0

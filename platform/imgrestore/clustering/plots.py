@@ -39,7 +39,7 @@ def plot_cluster_map(embedding: np.ndarray, labels: np.ndarray, path: str | os.P
     labels = np.asarray(labels).astype(int)
     if emb.ndim != 2 or emb.shape[1] < 2:  # a 1-D map is drawn on a line
         emb = np.column_stack([emb.reshape(len(labels), -1)[:, 0], np.zeros(len(labels))])
-    fig, ax = plt.subplots(figsize=(10, 8), dpi=100)
+    fig, ax = plt.subplots(figsize=(11, 8), dpi=100)
     noise = labels < 0
     ax.scatter(emb[noise, 0], emb[noise, 1], s=8, c="lightgray", label=f"noise ({noise.sum()})", linewidths=0)
     clusters, sizes = np.unique(labels[~noise], return_counts=True)
@@ -51,8 +51,12 @@ def plot_cluster_map(embedding: np.ndarray, labels: np.ndarray, path: str | os.P
     if test_embedding is not None and len(test_embedding):
         t = np.asarray(test_embedding, dtype=float)
         ax.scatter(t[:, 0], t[:, 1], s=14, marker="x", c="black", linewidths=0.8, label=f"test ({len(t)})")
+    lo, hi = emb.min(0), emb.max(0)
+    span = np.maximum(hi - lo, 1e-6)
+    ax.set_xlim(lo[0] - 0.12 * span[0], hi[0] + 0.12 * span[0])
+    ax.set_ylim(lo[1] - 0.15 * span[1], hi[1] + 0.15 * span[1])
+    mid = (lo + hi) / 2
     if image_paths is not None and len(clusters):
-        span = np.ptp(emb, axis=0).max() or 1.0
         for c in clusters[np.argsort(sizes)[::-1][:clusters_with_thumbs]]:
             idx = np.flatnonzero(labels == c)
             centre = emb[idx].mean(0)
@@ -61,15 +65,22 @@ def plot_cluster_map(embedding: np.ndarray, labels: np.ndarray, path: str | os.P
                 thumb = _thumbnail(image_paths[k], thumb_px)
                 if thumb is None:
                     continue
-                offset = centre + span * 0.06 * np.array([j - (len(near) - 1) / 2, 1.0])
-                box = AnnotationBbox(OffsetImage(thumb, zoom=1.0), emb[k], xybox=offset, xycoords="data",
-                                     boxcoords="data", pad=0.1, arrowprops=dict(arrowstyle="-", lw=0.5, alpha=0.6))
+                # a row of thumbnails above or below the cluster (towards the middle of the map), in points
+                dx = (thumb_px + 8) * (j - (len(near) - 1) / 2)
+                dy = (thumb_px * 0.75 + 12) * (1.0 if centre[1] < mid[1] else -1.0)
+                # offsets are from the image's own point: add the point -> cluster centre shift (pixels -> points)
+                shift = (ax.transData.transform(centre) - ax.transData.transform(emb[k])) * 72.0 / fig.dpi
+                box = AnnotationBbox(OffsetImage(thumb, zoom=72.0 / fig.dpi), emb[k],
+                                     xybox=(dx + shift[0], dy + shift[1]), xycoords="data",
+                                     boxcoords=("offset points", "offset points"), pad=0.1,
+                                     arrowprops=dict(arrowstyle="-", lw=0.5, alpha=0.6))
                 ax.add_artist(box)
     ax.set_title(f"{title}: {len(clusters)} clusters, {noise.mean():.0%} noise, {len(labels)} images")
     ax.set_xlabel("map 1")
     ax.set_ylabel("map 2")
     if len(clusters) <= 20 or test_embedding is not None:
-        ax.legend(loc="best", fontsize=7, markerscale=1.5, ncol=2 if len(clusters) > 10 else 1)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=1.5,
+                  ncol=2 if len(clusters) > 10 else 1)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

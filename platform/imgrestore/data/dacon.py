@@ -53,34 +53,46 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def _folder_of(value: str, root: Path) -> str | None:
-    """Which of FOLDERS a CSV cell points into, or None if it is not an image path there."""
+def _folders_of(value: str, root: Path) -> tuple[str, ...]:
+    """Which of FOLDERS a CSV cell may point into: the folder named in the path, or for a bare name
+    every folder that holds a file of that name."""
     value = str(value).strip()
     if not value.lower().endswith(IMAGE_SUFFIXES):
-        return None
+        return ()
     parts = Path(value.replace("\\", "/")).parts
     for part in reversed(parts[:-1]):
         if part in FOLDERS:
-            return part
-    if len(parts) == 1:  # a bare name: the folder that holds it
-        for folder in FOLDERS:
-            if (root / folder / value).exists():
-                return folder
-    return None
+            return (part,)
+    if len(parts) == 1:
+        return tuple(f for f in FOLDERS if (root / f / value).exists())
+    return ()
+
+
+_HINTS = {"train_gt": ("gt", "target", "label", "truth", "orig"), "train_input": ("input", "damaged", "src"),
+          "test_input": ("input", "test")}
 
 
 def find_path_columns(frame: pd.DataFrame, root: Path) -> dict[str, str]:
-    """Map folder name -> CSV column whose values mostly point into that folder."""
-    found: dict[str, str] = {}
+    """Map folder name -> the CSV column whose values (mostly) point into that folder.
+
+    Bare file names can fit several folders (train_input/ and train_gt/ share names): such a tie is
+    broken by the header (gt/target/label vs input), then by column order (input before gt).
+    """
+    fits: dict[str, list[str]] = {}
     for column in frame.columns:
         values = frame[column].dropna().astype(str)
         if values.empty:
             continue
-        folders = values.map(lambda v: _folder_of(v, root))
-        top = folders.mode()
-        if top.empty or top.iloc[0] is None or (folders == top.iloc[0]).mean() < 0.5:
-            continue
-        found.setdefault(top.iloc[0], column)
+        hits = values.map(lambda v: _folders_of(v, root))
+        for folder in FOLDERS:
+            if hits.map(lambda h: folder in h).mean() >= 0.5:
+                fits.setdefault(folder, []).append(column)
+    found: dict[str, str] = {}
+    for folder in sorted(fits, key=lambda f: len(fits[f])):  # the least ambiguous folder first
+        free = [c for c in fits[folder] if c not in found.values()]
+        hinted = [c for c in free if any(h in str(c).lower() for h in _HINTS[folder])]
+        if hinted or free:
+            found[folder] = (hinted or free)[0]
     return found
 
 

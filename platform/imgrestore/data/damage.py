@@ -61,7 +61,8 @@ class DamageConfig:
 
 
 class Damaged(NamedTuple):
-    """A damaged image. gray: HxW uint8 input; mask: HxW bool geometric region; fill: its gray value."""
+    """A damaged image. gray: HxW uint8 input; mask: HxW bool geometric region; fill: its gray value;
+    shape: which of ``SHAPES`` was drawn."""
 
     gray: np.ndarray
     mask: np.ndarray

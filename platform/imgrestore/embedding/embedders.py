@@ -47,6 +47,15 @@ def _check_images(images: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.is_offline_mode())
+    except Exception:
+        return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
 def _default_device(device: str | None) -> torch.device:
     if device:
         return torch.device(device)
@@ -99,10 +108,11 @@ class CLIPEmbedder(Embedder):
             if local.is_dir():
                 raise EmbedderError(f"cannot load CLIP model from the folder {source!r}: files missing or "
                                     f"incomplete ({detail})") from e
-            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+            offline = _hub_offline()
             raise EmbedderError(
                 f"cannot load CLIP model {self.model_id!r}: the Hugging Face hub cannot be reached"
-                f"{' (HF_HUB_OFFLINE is set)' if offline else ''} and the model is not in the local cache, or "
+                f"{' (HF_HUB_OFFLINE is set: no network access)' if offline else ''} and the model is not in "
+                "the local cache, or "
                 f"the id does not exist ({detail}). Use a local folder (--embedder clip:/path/to/model, saved "
                 f"with save_pretrained) or the offline embedder '{EFFNET_SPEC}'.") from e
         self.model.eval().to(self.device)

@@ -120,8 +120,8 @@ def embed_images(paths: list[str], embedder_spec: str = "effnet-lite0", batch_si
     """Embed image files with Ray Data; only files whose (embedder, content) is not cached are computed.
 
     Returns a DataFrame (name, path, sha256, embedding) in `paths` order; `embedding` holds float32 unit
-    vectors. ``frame.attrs``: embedder (the canonical spec), n_embedded (computed in this call), n_cached,
-    seconds (time spent embedding).
+    vectors. ``frame.attrs``: embedder (the canonical spec), n_embedded (distinct contents computed in this
+    call), n_cached (files served from the cache), seconds (time spent embedding).
     """
     spec = normalize_spec(embedder_spec)
     paths = [str(p) for p in paths]
@@ -132,6 +132,7 @@ def embed_images(paths: list[str], embedder_spec: str = "effnet-lite0", batch_si
     shas = hash_files(paths, cache_dir)
     cache = EmbeddingCache(cache_dir, spec)
     known = cache.load() if use_cache else {}
+    n_cached = sum(h in known for h in shas)
     todo: dict[str, str] = {}  # sha -> one path with that content
     for p, h in zip(paths, shas):
         if h not in known and h not in todo:
@@ -150,6 +151,5 @@ def embed_images(paths: list[str], embedder_spec: str = "effnet-lite0", batch_si
             cache.add(new_shas, matrix)
     frame = pd.DataFrame({"name": [Path(p).name for p in paths], "path": paths, "sha256": shas,
                           "embedding": [known[h] for h in shas]})
-    frame.attrs.update(embedder=spec, n_embedded=len(todo), n_cached=len(paths) - sum(
-        1 for p, h in zip(paths, shas) if todo.get(h) == p), seconds=seconds)
+    frame.attrs.update(embedder=spec, n_embedded=len(todo), n_cached=n_cached, seconds=seconds)
     return frame

@@ -31,7 +31,9 @@ def log_champion(checkpoint_dir: str | os.PathLike, run_id: str, registered_name
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(model, name="champion", extra_files=extra,
+        # pickle format: the pt2 (torch.export) default needs fixed example shapes, and these models
+        # take any image size. load_restorer never unpickles: it rebuilds from the extra files.
+        info = mlflow.pytorch.log_model(model, name="champion", extra_files=extra, serialization_format="pickle",
                                         pip_requirements=REQUIREMENTS, registered_model_name=registered_name)
     version = str(info.registered_model_version)
     MlflowClient(tracking_uri).set_registered_model_alias(registered_name, ALIAS, version)

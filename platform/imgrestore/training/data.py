@@ -20,11 +20,11 @@ from imgrestore.data.masks import true_mask
 
 def to_tensors(gray: np.ndarray, mask: np.ndarray, rgb: np.ndarray | None = None):
     """uint8 arrays -> float tensors in [0,1]: gray (1,H,W), mask (1,H,W), rgb (3,H,W)."""
-    g = torch.from_numpy(gray).float().div_(255).unsqueeze(0)
-    m = torch.from_numpy(mask.astype(np.float32)).unsqueeze(0)
+    g = torch.tensor(gray, dtype=torch.float32).div_(255).unsqueeze(0)  # torch.tensor copies: arrays from
+    m = torch.tensor(mask, dtype=torch.float32).unsqueeze(0)              # Pillow are read-only
     if rgb is None:
         return g, m
-    return g, m, torch.from_numpy(rgb).float().div_(255).permute(2, 0, 1).contiguous()
+    return g, m, torch.tensor(rgb, dtype=torch.float32).div_(255).permute(2, 0, 1).contiguous()
 
 
 def to_uint8_rgb(pred: torch.Tensor) -> np.ndarray:

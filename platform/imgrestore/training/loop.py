@@ -135,12 +135,13 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
     if cfg["cluster_balanced"]:
         counts = train_frame["cluster"].map(train_frame["cluster"].value_counts())
         sampler = WeightedRandomSampler((1.0 / counts).to_numpy(), num_samples=len(train_frame),
-                                        generator=torch.Generator().manual_seed(seed))
+                                        generator=torch.Generator())
     batch_size = min(int(cfg["batch_size"]), len(train_ds))
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        drop_last=True, num_workers=int(cfg["num_workers"]),
+    shuffle_rng = torch.Generator()  # re-seeded every epoch: the order depends on (seed, epoch) only,
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,  # so a
+                        drop_last=True, num_workers=int(cfg["num_workers"]),  # resumed run repeats it
                         persistent_workers=int(cfg["num_workers"]) > 0, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=shuffle_rng)
 
     # model, loss, optimiser, schedule
     model_cfg = dict(cfg["model"])
@@ -164,6 +165,9 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
     for epoch in range(start_epoch, int(cfg["epochs"])):
         net.train()
         train_ds.set_epoch(epoch)
+        shuffle_rng.manual_seed(seed * 100_003 + epoch)
+        if sampler is not None:
+            sampler.generator.manual_seed(seed * 100_003 + epoch)
         if hasattr(getattr(loader, "sampler", None), "set_epoch"):
             loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
         t0, seen, loss_sum, part_sums = time.perf_counter(), 0, 0.0, {}
@@ -187,7 +191,7 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
             optimizer.step()
             scheduler.step()
             seen += gray.shape[0]
-            loss_sum += float(loss) * gray.shape[0]
+            loss_sum += loss.item() * gray.shape[0]
             for k, v in parts.items():
                 part_sums[k] = part_sums.get(k, 0.0) + float(v) * gray.shape[0]
         train_time = time.perf_counter() - t0

@@ -58,13 +58,13 @@ def _search_alg(space: SearchSpace, seed: int):
     raise ValueError(f"{space.source}: unknown search algorithm '{name}' (random | optuna)")
 
 
-def _trainable(space: SearchSpace):
+def _trainable(space: SearchSpace, storage_path: str):
     res = {"cpu": 1, "gpu": 0, "workers": 1, **(space.resources or {})}
     cpu, gpu, workers = float(res["cpu"]), float(res["gpu"]), int(res["workers"])
-    if workers > 1:  # the Tune trial itself only coordinates; its Train workers hold the resources
-        fn = tune.with_parameters(train_trial_distributed, workers=workers, use_gpu=gpu > 0,
-                                  cpus_per_worker=max(1, int(cpu)))
-        return tune.with_resources(fn, {"cpu": 0})
+    if workers > 1:  # the Tune trial itself only coordinates (a sliver of CPU); its Train workers hold
+        fn = tune.with_parameters(train_trial_distributed, storage_path=storage_path, workers=workers,
+                                  use_gpu=gpu > 0, cpus_per_worker=cpu)  # `cpu` for each worker
+        return tune.with_resources(fn, {"cpu": 0.01})
     return tune.with_resources(tune.with_parameters(train_trial, cpus=max(1, int(cpu))), {"cpu": cpu, "gpu": gpu})
 
 
@@ -76,10 +76,11 @@ def latest_experiment(storage_path: str | os.PathLike, space_name: str) -> Path 
 
 def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: str | os.PathLike,
                tracking_uri: str, resume: str | os.PathLike | None = None, seed: int = 0,
-               verbose: int = 1, artifacts: list[str] | tuple = ()) -> SearchOutcome:
+               verbose: int = 1, artifacts: list[str] | tuple = (), callbacks: list | tuple = ()) -> SearchOutcome:
     """Run (or resume) the search described by `space` on the dataset at `data_dir`.
 
     artifacts: files logged on the parent run (the search space, the preprocess cluster map, ...).
+    callbacks: extra Tune callbacks, beside the MLflow one.
     """
     data_dir = Path(data_dir).resolve()
     storage_path = Path(storage_path).resolve()
@@ -92,7 +93,7 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
             raise FileNotFoundError(f"{exp_dir}: no Tune experiment to resume there")
         parent_run_id = json.loads((exp_dir / PARENT_FILE).read_text())["run_id"]
         client.update_run(parent_run_id, status="RUNNING")
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(space), resume_errored=True,
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(space, str(storage_path)), resume_errored=True,
                                    resume_unfinished=True)
     else:
         name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -110,18 +111,36 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
                 client.log_artifact(parent_run_id, str(path))
         param_space = {**space.param_space(), "data_dir": str(data_dir)}
         tuner = tune.Tuner(
-            _trainable(space),
+            _trainable(space, str(storage_path)),
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
                                         max_concurrent_trials=space.max_concurrent_trials,
-                                        search_alg=_search_alg(space, seed), scheduler=_scheduler(space)),
+                                        search_alg=_search_alg(space, seed), scheduler=_scheduler(space),
+                                        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(storage_path), verbose=verbose,
                 failure_config=tune.FailureConfig(max_failures=int(space.max_failures)),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),
-                callbacks=[MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id)],
+                callbacks=[MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id), *callbacks],
             ),
         )
     results = tuner.fit()
     return SearchOutcome(results, exp_dir, parent_run_id, experiment_id)
+
+
+def best_checkpoint(results: tune.ResultGrid, metric: str, mode: str):
+    """(best result, its best checkpoint, the metrics of the epoch that made that checkpoint).
+
+    Data-parallel trials report their checkpoints through Ray Train (the `checkpoint_path` metric)
+    rather than to Tune; both are handled. Raises RuntimeError when no trial left a checkpoint.
+    """
+    best = results.get_best_result(metric, mode, scope="all")
+    frame = best.metrics_dataframe.dropna(subset=[metric])
+    row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+    checkpoint = best.get_best_checkpoint(metric, mode)
+    if checkpoint is None and isinstance(row.get("checkpoint_path"), str):
+        checkpoint = tune.Checkpoint(row["checkpoint_path"])
+    if checkpoint is None:
+        raise RuntimeError(f"no trial produced a checkpoint (best trial {best.path}: {best.error})")
+    return best, checkpoint, row.to_dict()

@@ -94,7 +94,10 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
         raise ValueError(f"{path}: config has unknown keys {sorted(bad)}; known: {sorted(DEFAULTS)}")
     if raw.get("mode", "max") not in ("max", "min"):
         raise ValueError(f"{path}: mode must be 'max' or 'min'")
-    space = SearchSpace(**{k: v for k, v in raw.items() if k != "config"}, config=raw["config"], source=str(path))
-    space.name = str(raw.get("name") or path.stem)
-    space.param_space()  # fail now, with the key's path, on a malformed distribution
+    rest = {k: v for k, v in raw.items() if k not in ("config", "name")}
+    space = SearchSpace(name=str(raw.get("name") or path.stem), config=raw["config"], source=str(path), **rest)
+    try:
+        space.param_space()  # fail now, with the key's path, on a malformed distribution
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return space

@@ -17,13 +17,14 @@ def trials_table(results, metric: str = "score", mode: str = "max", top: int = 1
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def summary_text(best, metric: str, zip_path, model_uri: str, version: str, experiment_dir, tracking_uri) -> str:
-    m = best.metrics
+def summary_text(metrics: dict, config: dict, zip_path, model_uri: str, version: str, experiment_dir,
+                 tracking_uri) -> str:
+    """metrics: the reported row of the champion's epoch; config: its trial's config."""
     lines = ["", "=" * 72, "Best trial", "=" * 72,
-             f"trial            {m.get('trial_id')}  (epoch {m.get('epoch')})"]
-    lines += [f"{k:<16} {m[k]:.4f}" for k in SCORE_KEYS if k in m]
+             f"trial            {metrics.get('trial_id')}  (epoch {metrics.get('epoch')})"]
+    lines += [f"{k:<16} {metrics[k]:.4f}" for k in SCORE_KEYS if k in metrics]
     lines += ["parameters:"]
-    lines += [f"  {k:<28} {v}" for k, v in sorted(flatten(best.config).items()) if k != "data_dir"]
+    lines += [f"  {k:<28} {v}" for k, v in sorted(flatten(config).items()) if k not in ("data_dir", "preproc_csv")]
     lines += [f"champion         {model_uri} (version {version})",
               f"submission       {zip_path}",
               f"experiment dir   {experiment_dir}",

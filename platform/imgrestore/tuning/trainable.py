@@ -42,8 +42,10 @@ def _train_worker(config: dict) -> None:
           wrap_model=ray.train.torch.prepare_model, wrap_loader=ray.train.torch.prepare_data_loader)
 
 
-def train_trial_distributed(config: dict, workers: int = 2, use_gpu: bool = False, cpus_per_worker: int = 1) -> None:
-    """A Tune trial that runs `workers` data-parallel Ray Train workers."""
+def train_trial_distributed(config: dict, storage_path: str, workers: int = 2, use_gpu: bool = False,
+                            cpus_per_worker: float = 1) -> None:
+    """A Tune trial that runs `workers` data-parallel Ray Train workers; their runs live inside the
+    Tune experiment's folder on the same (shared) storage."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -58,7 +60,7 @@ def train_trial_distributed(config: dict, workers: int = 2, use_gpu: bool = Fals
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(name=f"{tune.get_context().get_trial_name()}-train",
-                                       storage_path=tune.get_context().get_storage().storage_path,
+                                       storage_path=f"{storage_path.rstrip('/')}/{tune.get_context().get_experiment_name()}",
                                        callbacks=[TuneReportCallback()]),
     )
     trainer.fit()

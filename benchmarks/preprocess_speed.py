@@ -1,0 +1,281 @@
+"""Preprocess speed: embedding throughput (Ray Data vs a plain loop) and UMAP / HDBSCAN time and memory.
+
+    python benchmarks/preprocess_speed.py [--images 128] [--size 512] [--points 5000 30000] [--clip]
+        [--write-docs docs/benchmarks.md]
+
+Embedding: the same model over the same images (crops of /work/shared/photos if present, else skimage photos,
+saved as PNG), once in a plain single-process loop and once through Ray Data (`embed_images`, cache off).
+Clustering: each measurement runs in its own subprocess (peak RSS = ru_maxrss of that process; numba's JIT is
+warmed up on 500 points first and reported apart) on random clustered 512-d unit vectors (not real
+embeddings: UMAP/HDBSCAN time depends mainly on n and d). cuML is measured only where it imports with a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as pyplatform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SECTION = "## Preprocess"
+PHOTOS = Path("/work/shared/photos")
+
+
+# -- clustering workers (one subprocess per measurement) -------------------------------------------------
+def clustered_points(n: int, d: int = 512, seed: int = 0) -> np.ndarray:
+    """~100-point Gaussian clusters plus 10% uniform noise, L2-normalised (like image embeddings)."""
+    rng = np.random.default_rng(seed)
+    k = max(5, n // 100)
+    centers = rng.normal(size=(k, d))
+    n_noise = n // 10
+    X = centers[rng.integers(0, k, n - n_noise)] + rng.normal(scale=0.5, size=(n - n_noise, d))
+    X = np.vstack([X, rng.normal(scale=1.5, size=(n_noise, d))]).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def worker(kind: str, n: int, backend: str) -> dict:
+    def rss_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    if backend == "cuml":
+        from cuml.cluster import HDBSCAN
+        from cuml.manifold import UMAP
+    else:
+        from hdbscan import HDBSCAN
+        from umap import UMAP
+    X = clustered_points(n)
+    t = time.perf_counter()  # warm-up: numba JIT (cpu) / CUDA context (cuml)
+    E_small = UMAP(n_neighbors=5, min_dist=0.0, n_components=2, random_state=42).fit_transform(X[:500])
+    HDBSCAN(min_cluster_size=5).fit(E_small)
+    warm = time.perf_counter() - t
+    if kind == "hdbscan":  # HDBSCAN runs on the 2-D map: make it (untimed)
+        X = UMAP(n_neighbors=5, min_dist=0.0, n_components=2, random_state=42).fit_transform(X)
+    base = rss_mb()
+    t = time.perf_counter()
+    if kind == "umap":
+        UMAP(n_neighbors=5, min_dist=0.0, n_components=2, random_state=42).fit_transform(X)
+        extra = {}
+    else:
+        labels = np.asarray(HDBSCAN(min_cluster_size=5, prediction_data=True).fit(X).labels_)
+        extra = {"clusters": int(labels.max() + 1), "noise": float((labels < 0).mean())}
+    wall = time.perf_counter() - t
+    return {"kind": kind, "n": n, "backend": backend, "seconds": wall, "warmup_s": warm,
+            "rss_before_mb": base, "peak_rss_mb": rss_mb(), **extra}
+
+
+def run_worker(kind: str, n: int, backend: str, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, str(n), backend]
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"kind": kind, "n": n, "backend": backend, "timeout": timeout,
+                "total_s": time.perf_counter() - t}
+    if proc.returncode != 0:
+        return {"kind": kind, "n": n, "backend": backend, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- embedding ------------------------------------------------------------------------------------------
+def make_images(folder: Path, count: int, size: int) -> list[str]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    if PHOTOS.is_dir():
+        sources = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        load = lambda i: Image.open(sources[i % len(sources)]).convert("RGB")  # noqa: E731
+        origin = f"crops of {len(sources)} photos in {PHOTOS}"
+    else:
+        import skimage.data
+
+        arrays = [getattr(skimage.data, n)() for n in ("astronaut", "chelsea", "coffee", "rocket")]
+        load = lambda i: Image.fromarray(arrays[i % len(arrays)])  # noqa: E731
+        origin = "crops of skimage.data photos"
+    paths = []
+    for i in range(count):
+        im = load(i)
+        side = int(min(im.size) * rng.uniform(0.6, 1.0))
+        left, top = rng.integers(0, im.size[0] - side + 1), rng.integers(0, im.size[1] - side + 1)
+        path = folder / f"IMG_{i:05d}.png"
+        im.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS).save(path)
+        paths.append(str(path))
+    return paths, origin
+
+
+def tiny_vit_b32(folder: Path) -> str:
+    """A CLIP with ViT-B/32's architecture and random weights (the hub is unreachable here)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    cfg = CLIPConfig(text_config=dict(num_hidden_layers=1, hidden_size=64, intermediate_size=64,
+                                      num_attention_heads=2),
+                     vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                        num_attention_heads=12, image_size=224, patch_size=32),
+                     projection_dim=512)
+    CLIPModel(cfg).save_pretrained(folder)
+    CLIPImageProcessor().save_pretrained(folder)
+    return str(folder)
+
+
+def bench_embedding(paths: list[str], spec: str, label: str, batch_size: int) -> list[dict]:
+    import torch
+
+    import ray
+    from imgrestore.embedding import create_embedder
+    from imgrestore.embedding.ray_embed import embed_images, embed_images_local
+
+    n, rows, cpus = len(paths), [], os.cpu_count() or 1
+    for threads in sorted({cpus, 1}, reverse=True):
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        emb = create_embedder(spec)
+        load = time.perf_counter() - t
+        t = time.perf_counter()
+        local = embed_images_local(paths, spec, batch_size=batch_size, embedder=emb)
+        run = time.perf_counter() - t
+        rows.append({"model": label, "how": f"plain loop, 1 process, torch {threads} thread(s)",
+                     "ips": n / run, "ips_e2e": n / (run + load), "seconds": run + load})
+    torch.set_num_threads(cpus)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        variants = [("Ray Data, default plan", {})]
+        if cpus > 1:
+            variants.append(("Ray Data, 1 actor x all CPUs (no headroom)", {"num_actors": 1,
+                                                                           "num_cpus_per_actor": cpus}))
+        for how, kw in variants:
+            from imgrestore.embedding.ray_embed import plan_actors
+
+            plan = plan_actors(kw.get("num_actors"), kw.get("num_cpus_per_actor"))
+            with tempfile.TemporaryDirectory() as cache:
+                t = time.perf_counter()
+                frame = embed_images(paths, spec, batch_size=batch_size, cache_dir=cache, use_cache=False, **kw)
+                run = time.perf_counter() - t
+            diff = float(np.abs(np.stack(frame["embedding"]) - local).max())
+            rows.append({"model": label, "how": f"{how}: {plan['size']} actor(s) x {plan['num_cpus']} CPU",
+                         "ips": None, "ips_e2e": n / run, "seconds": run, "max_diff": diff})
+    finally:
+        ray.shutdown()
+    return rows
+
+
+# -- report ---------------------------------------------------------------------------------------------
+def fmt(x, nd=1):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def render(args, origin, emb_rows, cl_rows, started, load_avg) -> str:
+    import torch
+
+    import ray
+    cpus = os.cpu_count()
+    lines = [SECTION, "",
+             "Embedding throughput (Ray Data vs a plain loop) and UMAP / HDBSCAN cost, "
+             "`benchmarks/preprocess_speed.py`.", "",
+             f"- command: `python benchmarks/preprocess_speed.py {' '.join(sys.argv[1:])}`",
+             f"- machine: {pyplatform.machine()}, {cpus}-core CPU, no GPU, shared with other jobs "
+             f"(load average at start {load_avg}); Python {pyplatform.python_version()}, torch {torch.__version__}, "
+             f"ray {ray.__version__}",
+             f"- date: {started}", "",
+             f"### Embedding ({args.images} images, {args.size}x{args.size} PNG, {origin}; batch {args.batch_size})",
+             "",
+             "| model | how | images/s (model work) | images/s end to end | seconds | max abs diff vs loop |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in emb_rows:
+        diff = "-" if "max_diff" not in r else "%.1e" % r["max_diff"]
+        lines.append(f"| {r['model']} | {r['how']} | {fmt(r['ips'])} | {fmt(r['ips_e2e'])} | {fmt(r['seconds'])} | "
+                     f"{diff} |")
+    lines += ["", "End to end = model load included; for Ray also cluster-side actor start and dataset "
+              "planning (Ray itself was started before timing). Model work = inference + decode only.", "",
+              "### UMAP + HDBSCAN (random clustered 512-d unit vectors, not real embeddings)", "",
+              "UMAP(n_neighbors=5, min_dist=0.0, n_components=2, random_state=42) on 512-d; HDBSCAN(min_cluster_size=5)"
+              " on the 2-D map. One subprocess per row; numba JIT warm-up on 500 points reported apart.", "",
+              "| step | backend | points | wall s | JIT / warm-up s | peak RSS MB (process) | RSS before MB | note |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in cl_rows:
+        if "timeout" in r:
+            note = f"timed out after {r['timeout']:.0f} s" + (f"; {r['extrapolated']}" if r.get("extrapolated") else "")
+            lines.append(f"| {r['kind']} | {r['backend']} | {r['n']} | > {r['timeout']:.0f} | - | - | - | {note} |")
+        elif "error" in r:
+            lines.append(f"| {r['kind']} | {r['backend']} | {r['n']} | - | - | - | - | error: {r['error']} |")
+        else:
+            note = f"{r['clusters']} clusters, {r['noise']:.0%} noise" if r["kind"] == "hdbscan" else ""
+            lines.append(f"| {r['kind']} | {r['backend']} | {r['n']} | {r['seconds']:.2f} | {r['warmup_s']:.1f} | "
+                         f"{r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(doc: Path, section: str) -> None:
+    """Add or replace this section of `doc` (read just before writing), leaving other sections alone."""
+    from imgrestore.data.io import write_text
+
+    text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    write_text(doc, text.rstrip("\n") + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--clip", action="store_true", help="also a CLIP ViT-B/32-sized model (random weights)")
+    ap.add_argument("--clip-images", type=int, default=64)
+    ap.add_argument("--points", type=int, nargs="+", default=[5000, 30000])
+    ap.add_argument("--timeout", type=float, default=420, help="seconds per clustering measurement")
+    ap.add_argument("--skip-embedding", action="store_true")
+    ap.add_argument("--write-docs", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.worker:
+        kind, n, backend = args.worker
+        print(json.dumps(worker(kind, int(n), backend)))
+        return 0
+
+    started, load_avg = time.strftime("%Y-%m-%d %H:%M"), " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    emb_rows, origin = [], "-"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if not args.skip_embedding:
+            (tmp / "imgs").mkdir()
+            paths, origin = make_images(tmp / "imgs", args.images, args.size)
+            emb_rows += bench_embedding(paths, "effnet-lite0", "EfficientNet-Lite0 (1280-d)", args.batch_size)
+            if args.clip:
+                model = tiny_vit_b32(tmp / "vitb32")
+                emb_rows += bench_embedding(paths[:args.clip_images], f"clip:{model}",
+                                            f"CLIP ViT-B/32 size, random weights ({args.clip_images} images)",
+                                            args.batch_size)
+            for r in emb_rows:
+                print(r, flush=True)
+    from imgrestore.clustering import cuml_available
+
+    backends = ["cpu"] + (["cuml"] if cuml_available()[0] else [])
+    cl_rows = []
+    for backend in backends:
+        for n in args.points:
+            for kind in ("umap", "hdbscan"):
+                r = run_worker(kind, n, backend, args.timeout)
+                print(r, flush=True)
+                cl_rows.append(r)
+    section = render(args, origin, emb_rows, cl_rows, started, load_avg)
+    if "cuml" not in backends:
+        section += "\ncuML: not measured (no GPU in this session; `--backend cuml` needs RAPIDS cuML and a GPU).\n"
+    print(section)
+    if args.write_docs:
+        write_section(args.write_docs, section)
+        print(f"wrote section {SECTION!r} of {args.write_docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Shared fixtures. Nothing here needs ../shared: datasets are built from the bundled photos."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_dacon(tmp_path_factory):
+    """A real-photo DACON dataset: 30 train pairs and 6 test inputs at 64x64, with test_gt/ and sources.csv."""
+    from imgrestore.data.build import BuildConfig, build_dataset
+    from imgrestore.data.embedded import bundled_photos
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    return build_dataset(bundled_photos(), out, BuildConfig(size=64, n_train=30, n_test=6, seed=1), progress=False)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    yield ray
+    ray.shutdown()

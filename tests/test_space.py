@@ -1,0 +1,47 @@
+"""Search spaces: the shipped YAML files load, distributions become Tune samplers, errors name the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ray.tune.search.sample import Categorical, Float
+
+from imgrestore.models import is_model
+from imgrestore.tuning.space import load_space
+
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@pytest.mark.parametrize("name", ["demo", "dacon"])
+def test_shipped_spaces_load(name):
+    space = load_space(SPACES / f"{name}.yaml")
+    ps = space.param_space()
+    assert isinstance(ps["model"]["name"], Categorical)
+    assert all(is_model(m) for m in ps["model"]["name"].categories)
+    assert isinstance(ps["lr"], Float)
+    assert space.metric == "score" and space.mode == "max"
+
+
+def test_sample_is_plain_data(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("config:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  model: {name: unet, depth: {choice: [2, 3]}}\n")
+    space = load_space(p)
+    sample = space.param_space()["lr"].sample()
+    assert 1e-4 <= sample <= 1e-2
+    assert space.name == "s" and space.param_space()["model"]["name"] == "unet"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("config: {lr: {loguniform: 3}}", "config.lr: 'loguniform' needs a list"),
+    ("config: {lr: {uniform: [a, b]}}", "config.lr: bad 'uniform'"),
+    ("config: {lerning_rate: 1}", "unknown keys \\['lerning_rate'\\]"),
+    ("nmae: x\nconfig: {}", "unknown keys \\['nmae'\\]"),
+    ("config: [1, 2", "not valid YAML"),
+    ("epochs: 3", "at least a 'config' key"),
+])
+def test_bad_spaces_name_the_file_and_key(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=message) as e:
+        load_space(p)
+    assert str(p) in str(e.value)

@@ -1,0 +1,144 @@
+"""End to end: pipelines/tune.py on a tiny real-photo dataset, real Ray, real MLflow store.
+
+Checks what a user would look for: a parent run with one nested run per trial (params, per-epoch
+metrics, restoration images), the preprocess run, the registered `champion` alias, a valid zip; then a
+trial killed mid-search resumes from its checkpoint without a duplicated MLflow run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from imgrestore.data.dacon import load_dataset
+from imgrestore.submission.predict import check_submission
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+SPACE = """
+name: tiny
+metric: score
+mode: max
+num_samples: 2
+max_concurrent_trials: 2
+search: {algorithm: optuna}
+scheduler: {name: fifo}
+resources: {cpu: 1}
+max_failures: 2
+config:
+  model:
+    name: {choice: [unet, ycbcr_unet]}
+    base_channels: 4
+    depth: 2
+  loss: {l1: 1.0, hue_hist: {choice: [0.0, 0.1]}}
+  lr: {loguniform: [1.0e-3, 3.0e-3]}
+  batch_size: 4
+  image_size: null
+  epochs: 2
+  max_val_images: 4
+"""
+
+
+def run_tune(argv):
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        import tune as tune_pipeline
+    finally:
+        sys.path.pop(0)
+    return tune_pipeline.main(argv)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_dacon, ray_local):
+    import shutil
+
+    work = tmp_path_factory.mktemp("tune")
+    data = work / "data"
+    shutil.copytree(tiny_dacon, data)
+    (work / "tiny.yaml").write_text(SPACE)
+    return work
+
+
+def children(client, exp_id, parent):
+    return client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    code = run_tune(["--data", str(workdir / "data"), "--space", str(workdir / "tiny.yaml"), "--embedder",
+                     "effnet-lite0", "--tracking-uri", uri, "--out", "submission.zip", "--storage", "runs"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Best trial" in out and "submission.zip" in out and "models:/imgrestore-tiny@champion" in out
+
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("preprocess") is not None
+    pre_runs = client.search_runs([client.get_experiment_by_name("preprocess").experiment_id])
+    assert len(pre_runs) == 1
+    exp = client.get_experiment_by_name("tiny")
+    parents = client.search_runs([exp.experiment_id], "tags.`imgrestore.stage` = 'tune'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert {"best_score", "best_ssim", "best_masked_ssim", "best_hist_sim"} <= set(parent.data.metrics)
+    kids = children(client, exp.experiment_id, parent.info.run_id)
+    assert len(kids) == 2
+    for kid in kids:
+        assert kid.info.status == "FINISHED"
+        assert kid.data.params["model.name"] in ("unet", "ycbcr_unet")
+        history = client.get_metric_history(kid.info.run_id, "score")
+        assert sorted(m.step for m in history) == [1, 2]
+        images = [a.path for a in client.list_artifacts(kid.info.run_id, "images")]
+        assert images, "the validation restoration grid is logged as an MLflow image"
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"submission.zip", "cluster_map.png", "tiny.yaml"} <= parent_files
+
+    version = client.get_model_version_by_alias("imgrestore-tiny", "champion")
+    assert version.run_id == parent.info.run_id
+    assert check_submission(workdir / "submission.zip", load_dataset(workdir / "data").test) == 6
+
+    # a second invocation reuses the preprocess outputs instead of recomputing them
+    assert len(client.search_runs([client.get_experiment_by_name("preprocess").experiment_id])) == 1
+
+
+class KillOnce(tune.Callback):
+    """Kill a trial's worker process once, after its first epoch: a real crash mid-search."""
+
+    def __init__(self):
+        self.killed = set()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("epoch") == 1 and not self.killed:
+            self.killed.add(trial.trial_id)
+            os.kill(result["pid"], signal.SIGKILL)
+
+
+def test_killed_trial_resumes_from_checkpoint_without_duplicate_runs(workdir, tmp_path):
+    from imgrestore.preprocess import run_preprocess
+    from imgrestore.tracking import setup_tracking
+    from imgrestore.tuning.search import run_search
+    from imgrestore.tuning.space import load_space
+
+    uri = setup_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    space = load_space(workdir / "tiny.yaml")
+    space.config = {**space.config, "epochs": 3}
+    pre = run_preprocess(workdir / "data", log_mlflow=False)
+    space.config["preproc_csv"] = pre.paths["train_csv"]
+    killer = KillOnce()
+    outcome = run_search(space, workdir / "data", tmp_path / "runs", uri, verbose=0, callbacks=[killer])
+    assert killer.killed
+    assert not outcome.results.errors
+    victim = next(r for r in outcome.results if r.path.endswith(f"trial_{next(iter(killer.killed))}"))
+    epochs = victim.metrics_dataframe["epoch"].tolist()
+    assert epochs[-1] == 3 and 2 in epochs  # finished, and epoch 2 came after the restart from epoch 1
+    client = MlflowClient(uri)
+    kids = children(client, outcome.experiment_id, outcome.parent_run_id)
+    assert len(kids) == 2  # the restarted trial kept its run
+    history = client.get_metric_history(
+        next(k for k in kids if k.data.tags["ray_trial_id"] in killer.killed).info.run_id, "epoch")
+    assert sorted({m.step for m in history}) == [1, 2, 3]
