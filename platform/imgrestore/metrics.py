@@ -40,6 +40,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from imgrestore.data.io import ImageReadError, read_gray, read_rgb
+from imgrestore.data.masks import true_mask
 
 WEIGHTS = {"ssim": 0.2, "masked_ssim": 0.4, "hist_sim": 0.4}
 KEYS = ("score", "ssim", "masked_ssim", "hist_sim")
@@ -56,18 +57,6 @@ def _check_rgb(name: str, x: np.ndarray) -> None:
         raise ValueError(f"{name} must be uint8, got {x.dtype}")
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"{name} must be HxWx3 (RGB), got shape {x.shape}")
-
-
-def mask_from_pair(input_gray: np.ndarray, gt_rgb: np.ndarray) -> np.ndarray:
-    """The true training mask (HxW bool): input != Pillow ``convert('L')`` of the gt.
-
-    Outside the damage the DACON inputs equal Pillow's gray of the gt exactly.
-    """
-    _check_rgb("gt_rgb", gt_rgb)
-    input_gray = np.asarray(input_gray)
-    if input_gray.shape != gt_rgb.shape[:2]:
-        raise ValueError(f"input_gray shape {input_gray.shape} does not match gt {gt_rgb.shape[:2]}")
-    return input_gray != np.asarray(Image.fromarray(gt_rgb).convert("L"))
 
 
 def _data_range(pred: np.ndarray) -> int:
@@ -186,7 +175,7 @@ def iter_directory(pred: str | os.PathLike, input_dir: str | os.PathLike, gt_dir
                 raise ValueError(f"{name}: input size {gray.shape[::-1]} != gt size {gt.shape[1::-1]}")
             if p.shape != gt.shape:
                 raise ValueError(f"{name}: prediction size {p.shape[1::-1]} != gt size {gt.shape[1::-1]}")
-            yield name, gt, p, mask_from_pair(gray, gt)
+            yield name, gt, p, true_mask(gray, gt)
 
 
 def score_directory(pred: str | os.PathLike, input_dir: str | os.PathLike, gt_dir: str | os.PathLike,
