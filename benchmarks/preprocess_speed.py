@@ -17,6 +17,7 @@ import os
 import platform as pyplatform
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -124,7 +125,11 @@ def tiny_vit_b32(folder: Path) -> str:
     return str(folder)
 
 
-def bench_embedding(paths: list[str], spec: str, label: str, batch_size: int) -> list[dict]:
+def _alarm(signum, frame):
+    raise TimeoutError
+
+
+def bench_embedding(paths: list[str], spec: str, label: str, batch_size: int, timeout: float) -> list[dict]:
     import torch
 
     import ray
@@ -143,16 +148,19 @@ def bench_embedding(paths: list[str], spec: str, label: str, batch_size: int) ->
         rows.append({"model": label, "how": f"plain loop, 1 process, torch {threads} thread(s)",
                      "ips": n / run, "ips_e2e": n / (run + load), "seconds": run + load})
     torch.set_num_threads(cpus)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    try:
-        variants = [("Ray Data, default plan", {})]
-        if cpus > 1:
-            variants.append(("Ray Data, 1 actor x all CPUs (no headroom)", {"num_actors": 1,
-                                                                           "num_cpus_per_actor": cpus}))
-        for how, kw in variants:
-            from imgrestore.embedding.ray_embed import plan_actors
+    # Ray variants: the default plan (one CPU kept free for decoding), and, on a small machine, Ray told one
+    # logical CPU more than there are cores so a single actor can use every core while decode tasks still run.
+    variants = [("Ray Data, default plan", cpus, {})]
+    if cpus <= 4:
+        variants.append((f"Ray Data, Ray told {cpus + 1} CPUs (oversubscribed)", cpus + 1, {}))
+    for how, ray_cpus, kw in variants:
+        from imgrestore.embedding.ray_embed import plan_actors
 
-            plan = plan_actors(kw.get("num_actors"), kw.get("num_cpus_per_actor"))
+        ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(int(timeout))
+        try:
+            plan = plan_actors(**kw)
             with tempfile.TemporaryDirectory() as cache:
                 t = time.perf_counter()
                 frame = embed_images(paths, spec, batch_size=batch_size, cache_dir=cache, use_cache=False, **kw)
@@ -160,8 +168,12 @@ def bench_embedding(paths: list[str], spec: str, label: str, batch_size: int) ->
             diff = float(np.abs(np.stack(frame["embedding"]) - local).max())
             rows.append({"model": label, "how": f"{how}: {plan['size']} actor(s) x {plan['num_cpus']} CPU",
                          "ips": None, "ips_e2e": n / run, "seconds": run, "max_diff": diff})
-    finally:
-        ray.shutdown()
+        except TimeoutError:
+            rows.append({"model": label, "how": f"{how}: timed out after {timeout:.0f} s", "ips": None,
+                         "ips_e2e": None, "seconds": None})
+        finally:
+            signal.alarm(0)
+            ray.shutdown()
     return rows
 
 
@@ -233,7 +245,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", action="store_true", help="also a CLIP ViT-B/32-sized model (random weights)")
     ap.add_argument("--clip-images", type=int, default=64)
     ap.add_argument("--points", type=int, nargs="+", default=[5000, 30000])
-    ap.add_argument("--timeout", type=float, default=420, help="seconds per clustering measurement")
+    ap.add_argument("--timeout", type=float, default=420, help="seconds per measurement (embedding variant or clustering step)")
     ap.add_argument("--skip-embedding", action="store_true")
     ap.add_argument("--write-docs", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -249,12 +261,13 @@ def main(argv=None) -> int:
         if not args.skip_embedding:
             (tmp / "imgs").mkdir()
             paths, origin = make_images(tmp / "imgs", args.images, args.size)
-            emb_rows += bench_embedding(paths, "effnet-lite0", "EfficientNet-Lite0 (1280-d)", args.batch_size)
+            emb_rows += bench_embedding(paths, "effnet-lite0", "EfficientNet-Lite0 (1280-d)", args.batch_size,
+                                        args.timeout)
             if args.clip:
                 model = tiny_vit_b32(tmp / "vitb32")
                 emb_rows += bench_embedding(paths[:args.clip_images], f"clip:{model}",
                                             f"CLIP ViT-B/32 size, random weights ({args.clip_images} images)",
-                                            args.batch_size)
+                                            args.batch_size, args.timeout)
             for r in emb_rows:
                 print(r, flush=True)
     from imgrestore.clustering import cuml_available

@@ -67,6 +67,12 @@ def plan_actors(num_actors: int | None = None, num_cpus_per_actor: int | None = 
                     size, spare, spare)
         size = spare
     per = num_cpus_per_actor or max(1, spare // size)
+    if size * per > spare:
+        # Actors holding every CPU starve the decode tasks (when Ray does not fuse them into the actors)
+        # and the job waits forever (ray #44687): keep one CPU free.
+        log.warning("%d actor(s) x %d CPUs leaves no CPU for decoding on a %d-CPU cluster: using %d CPU(s) each",
+                    size, per, cpus, max(1, spare // size))
+        per = max(1, spare // size)
     return {"size": size, "num_gpus": 0, "num_cpus": per, "threads": per}
 
 

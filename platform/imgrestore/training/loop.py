@@ -183,7 +183,7 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
                 true_gray = (rgb * rgb.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
                 aux = torch.nn.functional.l1_loss(gray_inpainted.float(), true_gray)
                 loss = loss + cfg["aux_gray_weight"] * aux
-                parts = {**parts, "aux_gray": aux}
+                parts = {**parts, "aux_gray": aux.detach()}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # bf16 autocast (CUDA) needs no loss scaling
             if cfg["grad_clip"]:
