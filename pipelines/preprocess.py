@@ -60,7 +60,8 @@ def main(argv=None) -> int:
         ("embedder", s.get("embedder")),
         ("backend", s.get("backend")),
         ("train / test images", f"{s.get('n_train')} / {s.get('n_test')}"),
-        ("embedded now / from cache", f"{s.get('n_embedded')} / {s.get('n_cached')}"),
+        ("embedded now / from cache", "0 / - (nothing recomputed)" if res.reused
+         else f"{s.get('n_embedded')} / {s.get('n_cached')}"),
         ("clusters", s.get("n_clusters")),
         ("noise share (train)", f"{s.get('noise_share', 0):.1%}"),
         ("cluster size min / median / max",

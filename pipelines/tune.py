@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     # 2. search
     resume = None
     if args.resume:
-        resume = latest_experiment(args.storage, space.name) if args.resume == "latest" else Path(args.resume)
+        resume = latest_experiment(args.storage, space.name) if args.resume == "latest" else args.resume
         if resume is None:
             print(f"error: no experiment of space '{space.name}' to resume under {args.storage}", file=sys.stderr)
             return 2

@@ -19,11 +19,31 @@ def tiny_dacon(tmp_path_factory):
     return build_dataset(bundled_photos(), out, BuildConfig(size=64, n_train=30, n_test=6, seed=1), progress=False)
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for the whole session (starting Ray costs seconds)."""
+def start_local_ray():
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (starting Ray costs seconds)."""
+    ray = start_local_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def no_local_ray():
+    """For a module that connects to a Ray cluster of its own (tests/test_cluster.py): disconnects from the
+    session's local Ray first, and starts it again afterwards if it was running, so that tests using
+    `ray_local` later in the session still find it."""
+    import ray
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    yield
+    ray.shutdown()
+    if was_running:
+        start_local_ray()

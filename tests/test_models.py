@@ -199,3 +199,20 @@ def test_effnet_encoder_is_a_working_imagenet_backbone():
                          False, 0.0, 1e-3)
         logits = F.linear(F.relu6(h).mean((2, 3)), sd["_fc.weight"], sd["_fc.bias"])
     assert int(logits.argmax()) in range(281, 286)  # ImageNet cat classes
+
+
+def test_fill_hole_keeps_known_pixels_and_fills_smoothly():
+    from imgrestore.models.layers import fill_hole
+
+    h, w = 40, 60
+    ramp = torch.linspace(0, 1, w).expand(1, 1, h, w).clone()
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., 10:30, 20:40] = 1
+    damaged = ramp * (1 - mask) + 0.02 * mask  # the flat fill value
+    filled = fill_hole(damaged, mask)
+    assert torch.equal(filled[mask == 0], damaged[mask == 0])
+    hole = filled[0, 0, 10:30, 20:40]
+    assert float((hole - ramp[0, 0, 10:30, 20:40]).abs().max()) < 0.15  # close to the hidden ramp
+    assert float(hole[:, -1].mean()) > float(hole[:, 0].mean())  # and it rises left to right like it
+    flat = fill_hole(torch.full((1, 1, h, w), 0.3) * (1 - mask), mask)
+    torch.testing.assert_close(flat, torch.full_like(flat, 0.3))

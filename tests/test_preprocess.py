@@ -159,7 +159,8 @@ def test_tiny_dataset_does_not_crash(ray_local, tmp_path):
         for p in sorted((data / folder).iterdir())[3:]:
             p.unlink()
     shutil.rmtree(data / "test_input")
-    res = run_preprocess(data, log_mlflow=False)
+    with pytest.warns(UserWarning, match="using 3 folds"):  # 3 noise images = 3 groups for 5 folds
+        res = run_preprocess(data, log_mlflow=False)
     assert len(res.train) == 3 and (res.train["cluster"] == -1).all() and len(res.test) == 0
     assert res.summary["adjustments"] and res.summary["n_folds"] == 3
 

@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import UpBlock, apply_output, check_inputs, crop_to, pad_to_multiple
+from .layers import UpBlock, apply_output, check_inputs, fill_hole, crop_to, pad_to_multiple
 from .registry import register_model
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0.
@@ -192,10 +192,11 @@ class EfficientNetLite0Encoder(nn.Module):
 class EffNetUNet(nn.Module):
     def __init__(self, base_channels: int = 16, depth: int = 5, pretrained: bool = True, norm: str = "batch",
                  act: str = "relu", max_channels: int = 256, output: str = "residual",
-                 normalization: str = "tf"):
+                 normalization: str = "tf", prefill: bool = True):
         super().__init__()
         self.config = dict(base_channels=base_channels, depth=depth, pretrained=pretrained, norm=norm, act=act,
-                           max_channels=max_channels, output=output, normalization=normalization)
+                           max_channels=max_channels, output=output, normalization=normalization,
+                           prefill=prefill)
         apply_output(torch.zeros(1), torch.zeros(1), output)  # validate early
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
@@ -224,6 +225,7 @@ class EffNetUNet(nn.Module):
 
     def forward(self, gray: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         check_inputs(gray, mask)
+        gray = fill_hole(gray, mask) if self.config["prefill"] else gray
         x, size = pad_to_multiple(torch.cat([gray, mask], dim=1), self.multiple)
         g, m = x[:, :1], x[:, 1:]
         feats = self.encoder((g.expand(-1, 3, -1, -1) - self.mean) / self.std, self.mask_stem(m))

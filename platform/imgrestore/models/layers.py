@@ -145,6 +145,27 @@ def apply_output(raw: torch.Tensor, gray: torch.Tensor, output: str) -> torch.Te
     raise ValueError(f"output must be 'residual' or 'sigmoid', got {output!r}")
 
 
+def fill_hole(gray: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Push-pull fill: masked pixels get a smooth estimate from the known pixels around them.
+
+    The lost region arrives as one flat gray value (anything from 0 to ~100), which tells the network
+    nothing and makes a residual head start far from the truth. Pull: average known values and their
+    weights down an image pyramid; push: from the coarsest level up, keep each level's own average where
+    it has known pixels and blend in the upsampled coarser estimate where it has few. Known pixels are
+    returned unchanged; no parameters (and differentiable, though nothing upstream needs it).
+    """
+    known = 1 - mask
+    values, weights = [gray * known], [known]
+    while min(values[-1].shape[-2:]) > 1:
+        values.append(F.avg_pool2d(values[-1], 2, ceil_mode=True))
+        weights.append(F.avg_pool2d(weights[-1], 2, ceil_mode=True))
+    filled = values[-1] / weights[-1].clamp_min(1e-8)
+    for v, w in zip(reversed(values[:-1]), reversed(weights[:-1])):
+        up = F.interpolate(filled, size=v.shape[-2:], mode="bilinear", align_corners=False)
+        filled = w * (v / w.clamp_min(1e-8)) + (1 - w) * up
+    return gray * known + filled * mask
+
+
 def check_inputs(gray: torch.Tensor, mask: torch.Tensor) -> None:
     if gray.dim() != 4 or gray.shape[1] != 1:
         raise ValueError(f"gray must be (B,1,H,W), got {tuple(gray.shape)}")

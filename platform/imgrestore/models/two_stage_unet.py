@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import UNetBody, apply_output, check_inputs, clamp01_st, crop_to, pad_to_multiple
+from .layers import UNetBody, apply_output, check_inputs, fill_hole, clamp01_st, crop_to, pad_to_multiple
 from .registry import register_model
 
 
@@ -36,12 +36,12 @@ class TwoStageUNet(nn.Module):
     def __init__(self, base_channels: int = 32, depth: int = 4, norm: str = "batch", act: str = "relu",
                  max_channels: int = 512, output: str = "residual",
                  inpaint_base_channels: int | None = None, inpaint_depth: int | None = None,
-                 colorize_with_mask: bool = False):
+                 colorize_with_mask: bool = False, prefill: bool = True):
         super().__init__()
         self.config = dict(base_channels=base_channels, depth=depth, norm=norm, act=act,
                            max_channels=max_channels, output=output,
                            inpaint_base_channels=inpaint_base_channels, inpaint_depth=inpaint_depth,
-                           colorize_with_mask=colorize_with_mask)
+                           colorize_with_mask=colorize_with_mask, prefill=prefill)
         apply_output(torch.zeros(1), torch.zeros(1), output)  # validate early
         self.output = output
         self.colorize_with_mask = colorize_with_mask
@@ -58,6 +58,7 @@ class TwoStageUNet(nn.Module):
 
     def forward(self, gray: torch.Tensor, mask: torch.Tensor, return_aux: bool = False):
         check_inputs(gray, mask)
+        gray = fill_hole(gray, mask) if self.config["prefill"] else gray
         x, size = pad_to_multiple(torch.cat([gray, mask], dim=1), self.multiple)
         g, m = x[:, :1], x[:, 1:]
         g_inp = self.inpaint_gray(g, m)

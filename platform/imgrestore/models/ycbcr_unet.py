@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import UNetBody, check_inputs, clamp01_st, crop_to, pad_to_multiple
+from .layers import UNetBody, check_inputs, fill_hole, clamp01_st, crop_to, pad_to_multiple
 from .registry import register_model
 
 # BT.601 full-range RGB -> (Y, Cb - 0.5, Cr - 0.5); rows are output channels.
@@ -64,14 +64,15 @@ def rgb_to_luma(rgb: torch.Tensor) -> torch.Tensor:
 
 class YCbCrUNet(nn.Module):
     def __init__(self, base_channels: int = 32, depth: int = 4, norm: str = "batch", act: str = "relu",
-                 max_channels: int = 512):
+                 max_channels: int = 512, prefill: bool = True):
         super().__init__()
-        self.config = dict(base_channels=base_channels, depth=depth, norm=norm, act=act, max_channels=max_channels)
+        self.config = dict(base_channels=base_channels, depth=depth, norm=norm, act=act, max_channels=max_channels, prefill=prefill)
         self.multiple = 2**depth
         self.body = UNetBody(2, 3, base_channels, depth, norm, act, max_channels)
 
     def forward(self, gray: torch.Tensor, mask: torch.Tensor, return_ycbcr: bool = False):
         check_inputs(gray, mask)
+        gray = fill_hole(gray, mask) if self.config["prefill"] else gray
         x, size = pad_to_multiple(torch.cat([gray, mask], dim=1), self.multiple)
         raw = crop_to(self.body(x), size)
         y = gray * (1 - mask) + clamp01_st(gray + raw[:, :1]) * mask

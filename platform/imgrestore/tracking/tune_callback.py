@@ -5,10 +5,13 @@ inside trials has many processes writing one SQLite file ("database is locked").
 writes through the driver: a child run per trial (tagged `mlflow.parentRunId`), its parameters, its metrics
 at every epoch (learning curves), and the validation restoration grid each trial saves in its checkpoint,
 read back from the checkpoint on storage. Its state (trial -> run) is saved with the experiment, and runs
-are also found again by tag, so a resumed experiment never duplicates or orphans a run.
+are also found again by tag, so a resumed experiment never duplicates a run. Tune saves its experiment state
+every few seconds, so a driver killed in between can leave runs of trials the restored experiment never
+heard of (Tune samples them again under new ids): on its first step the callback deletes those orphans.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from ray import tune
 
+log = logging.getLogger(__name__)
 TRIAL_TAG = "ray_trial_id"
 SAMPLES_FILE = "val_samples.png"
 _SKIP = {"trial_id", "experiment_id", "date", "timestamp", "pid", "hostname", "node_ip", "config",
@@ -38,6 +42,7 @@ class MLflowTrialLogger(tune.Callback):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.log_images = log_images
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self._first_step = True
 
     @property
     def client(self) -> MlflowClient:
@@ -48,6 +53,26 @@ class MLflowTrialLogger(tune.Callback):
 
     def set_state(self, state: dict) -> None:
         self.runs.update(state.get("runs", {}))
+
+    def setup(self, **info):
+        self._first_step = True  # called by every fit, the first one and each resume
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self._first_step:
+            self._first_step = False
+            self.delete_orphans({t.trial_id for t in trials})
+
+    def delete_orphans(self, known: set[str]) -> list[str]:
+        """Delete the child runs of trials the experiment does not know (see the module doc)."""
+        orphans = [r for r in self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'", max_results=50000)
+            if r.data.tags.get(TRIAL_TAG) not in known]
+        for run in orphans:
+            log.warning("deleting MLflow run %s of trial %s: the resumed experiment has no such trial",
+                        run.info.run_id, run.data.tags.get(TRIAL_TAG))
+            self.client.delete_run(run.info.run_id)
+            self.runs.pop(run.data.tags.get(TRIAL_TAG), None)
+        return [r.info.run_id for r in orphans]
 
     def run_id(self, trial) -> str:
         if trial.trial_id in self.runs:

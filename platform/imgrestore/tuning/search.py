@@ -2,16 +2,20 @@
 
 Layout on storage: <storage_path>/<run name>/ holds Tune's experiment state and every trial's checkpoints;
 `mlflow_parent_run.json` there remembers the MLflow parent run so `resume` continues the same one.
+`storage_path` is a local folder or a URI that pyarrow understands (s3://bucket/prefix, gs://..., file://...):
+on a multi-node cluster it must be storage every node can reach (Ray syncs nothing to the head).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pyarrow.fs
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -26,7 +30,7 @@ PARENT_FILE = "mlflow_parent_run.json"
 @dataclass
 class SearchOutcome:
     results: tune.ResultGrid
-    experiment_dir: Path
+    experiment_dir: Path | str  # a Path for local storage, the URI for remote storage
     parent_run_id: str
     experiment_id: str
 
@@ -58,20 +62,79 @@ def _search_alg(space: SearchSpace, seed: int):
     raise ValueError(f"{space.source}: unknown search algorithm '{name}' (random | optuna)")
 
 
-def _trainable(space: SearchSpace, storage_path: str):
+def _split_text(space: SearchSpace, data_dir: Path) -> str | None:
+    """The split CSV the trials read, as text: it travels with every trial (trials on other nodes of a
+    cluster cannot read the driver's disk; see imgrestore.tuning.trainable)."""
+    csv = space.config.get("preproc_csv")
+    path = Path(csv) if isinstance(csv, str) else data_dir / "train_preproc_1.csv"
+    return path.read_text() if path.is_file() else None  # missing: the trial reports it
+
+
+def _trainable(space: SearchSpace, storage_path: str, split_csv: str | None = None):
     res = {"cpu": 1, "gpu": 0, "workers": 1, **(space.resources or {})}
     cpu, gpu, workers = float(res["cpu"]), float(res["gpu"]), int(res["workers"])
     if workers > 1:  # the Tune trial itself only coordinates (a sliver of CPU); its Train workers hold
         fn = tune.with_parameters(train_trial_distributed, storage_path=storage_path, workers=workers,
-                                  use_gpu=gpu > 0, cpus_per_worker=cpu)  # `cpu` for each worker
+                                  use_gpu=gpu > 0, cpus_per_worker=cpu,  # `cpu` for each worker
+                                  split_csv=split_csv)
         return tune.with_resources(fn, {"cpu": 0.01})
-    return tune.with_resources(tune.with_parameters(train_trial, cpus=max(1, int(cpu))), {"cpu": cpu, "gpu": gpu})
+    fn = tune.with_parameters(train_trial, cpus=max(1, int(cpu)), split_csv=split_csv)
+    return tune.with_resources(fn, {"cpu": cpu, "gpu": gpu})
 
 
-def latest_experiment(storage_path: str | os.PathLike, space_name: str) -> Path | None:
-    runs = sorted(Path(storage_path).glob(f"{space_name}-*"), key=lambda p: p.stat().st_mtime)
-    runs = [p for p in runs if tune.Tuner.can_restore(str(p))]
-    return runs[-1] if runs else None
+# -- storage: a local folder or a URI (s3://, gs://, file://), through pyarrow like Tune itself -------------
+def _is_uri(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def storage_location(path: str | os.PathLike) -> str:
+    """An absolute local path, or the URI as given (without a trailing slash)."""
+    return str(path).rstrip("/") if _is_uri(path) else str(Path(path).resolve())
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if _is_uri(location):
+        return pyarrow.fs.FileSystem.from_uri(location)
+    return pyarrow.fs.LocalFileSystem(), location
+
+
+def _read_text(location: str) -> str:
+    fs, path = _filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def _write_text(location: str, text: str) -> None:
+    fs, path = _filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def _as_outcome_dir(location: str) -> Path | str:
+    return location if _is_uri(location) else Path(location)
+
+
+def latest_experiment(storage_path: str | os.PathLike, space_name: str) -> Path | str | None:
+    """The most recently started experiment of `space_name` under `storage_path` that Tune can restore.
+
+    Experiments are named `<space>-YYYYmmdd-HHMMSS`, so the name orders them (object stores have no
+    folder times). A Path for local storage, the URI for remote storage; None when there is none.
+    """
+    root = storage_location(storage_path)
+    fs, path = _filesystem(root)
+    pattern = re.compile(rf"{re.escape(space_name)}-\d{{8}}-\d{{6}}")
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    names = sorted(i.base_name for i in infos
+                   if i.type == pyarrow.fs.FileType.Directory and pattern.fullmatch(i.base_name))
+    for name in reversed(names):
+        if tune.Tuner.can_restore(_join(root, name)):
+            return _as_outcome_dir(_join(root, name))
+    return None
 
 
 def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: str | os.PathLike,
@@ -83,25 +146,24 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
     callbacks: extra Tune callbacks, beside the MLflow one.
     """
     data_dir = Path(data_dir).resolve()
-    storage_path = Path(storage_path).resolve()
+    storage_path = storage_location(storage_path)
     experiment_id = get_or_create_experiment(space.name, tracking_uri)
     client = MlflowClient(tracking_uri)
+    trainable = _trainable(space, storage_path, _split_text(space, data_dir))
 
     if resume:
-        exp_dir = Path(resume).resolve()
-        if not tune.Tuner.can_restore(str(exp_dir)):
+        exp_dir = storage_location(resume)
+        if not tune.Tuner.can_restore(exp_dir):
             raise FileNotFoundError(f"{exp_dir}: no Tune experiment to resume there")
-        parent_run_id = json.loads((exp_dir / PARENT_FILE).read_text())["run_id"]
+        parent_run_id = json.loads(_read_text(_join(exp_dir, PARENT_FILE)))["run_id"]
         client.update_run(parent_run_id, status="RUNNING")
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(space, str(storage_path)), resume_errored=True,
-                                   resume_unfinished=True)
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
     else:
         name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        exp_dir = storage_path / name
+        exp_dir = _join(storage_path, name)
         parent = client.create_run(experiment_id, run_name=name, tags={"imgrestore.stage": "tune"})
         parent_run_id = parent.info.run_id
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / PARENT_FILE).write_text(json.dumps({"run_id": parent_run_id, "experiment_id": experiment_id}))
+        _write_text(_join(exp_dir, PARENT_FILE), json.dumps({"run_id": parent_run_id, "experiment_id": experiment_id}))
         for key, value in {"space": space.name, "data_dir": str(data_dir), "num_samples": space.num_samples,
                            "search": json.dumps(space.search), "scheduler": json.dumps(space.scheduler),
                            "resources": json.dumps(space.resources), "experiment_dir": str(exp_dir)}.items():
@@ -111,14 +173,14 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
                 client.log_artifact(parent_run_id, str(path))
         param_space = {**space.param_space(), "data_dir": str(data_dir)}
         tuner = tune.Tuner(
-            _trainable(space, str(storage_path)),
+            trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
                                         max_concurrent_trials=space.max_concurrent_trials,
                                         search_alg=_search_alg(space, seed), scheduler=_scheduler(space),
                                         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage_path), verbose=verbose,
+                name=name, storage_path=storage_path, verbose=verbose,
                 failure_config=tune.FailureConfig(max_failures=int(space.max_failures)),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),
@@ -126,7 +188,7 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
             ),
         )
     results = tuner.fit()
-    return SearchOutcome(results, exp_dir, parent_run_id, experiment_id)
+    return SearchOutcome(results, _as_outcome_dir(exp_dir), parent_run_id, experiment_id)
 
 
 def best_checkpoint(results: tune.ResultGrid, metric: str, mode: str):
