@@ -113,6 +113,40 @@ def test_cluster_mlflow_server_on_head_localhost_with_s3_artifacts():
     assert not any("mlflow" in c for c in config["worker_start_ray_commands"])
 
 
+# -- resuming after a driver crash: MLflow runs of trials Tune never saved ---------------------------------
+
+
+def test_resumed_trial_logger_deletes_runs_of_trials_the_experiment_lost(tmp_path):
+    """Tune saves its experiment state every few seconds: a driver killed in between may have created MLflow
+    runs for trials the restored experiment does not have (Tune samples them again under new ids). On the
+    first step of the resumed search those runs are deleted; known trials keep theirs."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from imgrestore.tracking import get_or_create_experiment
+    from imgrestore.tracking.tune_callback import MLflowTrialLogger
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = get_or_create_experiment("resume", uri)
+    client = MlflowClient(uri)
+    parent = client.create_run(exp).info.run_id
+    trial = lambda tid: SimpleNamespace(trial_id=tid, config={"lr": 0.1}, last_result={})  # noqa: E731
+
+    before_kill = MLflowTrialLogger(uri, exp, parent)
+    for tid in ("kept", "lost"):
+        before_kill.on_trial_start(0, [], trial(tid))
+    resumed = MLflowTrialLogger(uri, exp, parent)
+    resumed.set_state(before_kill.get_state())  # the callback state Tune saved
+    resumed.setup()
+    resumed.on_step_begin(0, [trial("kept"), trial("new")])
+    kids = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert [k.data.tags["ray_trial_id"] for k in kids] == ["kept"]
+    assert set(resumed.runs) == {"kept"}
+    resumed.on_step_begin(1, [trial("kept")])  # only the first step of a fit looks
+    assert len(client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")) == 1
+
+
 # -- a real multi-node cluster on this machine ----------------------------------------------------------
 
 SPACE = """
@@ -188,7 +222,7 @@ def full_cluster(cluster):
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, tiny_dacon):
     work = tmp_path_factory.mktemp("cluster")
-    shutil.copytree(tiny_dacon, work / "data")
+    shutil.copytree(tiny_dacon, work / "data", ignore=shutil.ignore_patterns("preprocess", "*_preproc_1.csv"))
     (work / "tiny.yaml").write_text(SPACE)
     return work
 
@@ -200,8 +234,8 @@ def load_tune_pipeline():
     return module
 
 
-def tune_argv(work: Path, cluster, storage: str, uri: str, out: str, *extra: str) -> list[str]:
-    return ["--data", str(work / "data"), "--space", str(work / "tiny.yaml"), "--embedder", "effnet-lite0",
+def tune_argv(work: Path, cluster, storage: str, uri: str, out: str, *extra: str, space: str = "tiny.yaml"):
+    return ["--data", str(work / "data"), "--space", str(work / space), "--embedder", "effnet-lite0",
             "--tracking-uri", uri, "--storage", storage, "--out", str(work / out),
             "--ray-address", cluster.address, *extra]
 
@@ -214,8 +248,10 @@ def node_ids(cluster) -> tuple[str, set[str]]:
 def test_preprocess_embedding_actors_spread_over_nodes(full_cluster, work):
     import ray
 
+    from imgrestore.embedding.ray_embed import plan_actors
     from imgrestore.preprocess import run_preprocess
 
+    assert plan_actors()["num_cpus"] == 1  # 3 CPUs in the cluster, but no node has more than one
     before = set(ray._private.state.actors())
     pre = run_preprocess(work / "data", num_actors=2, log_mlflow=False, force=True)
     assert pre.summary["n_embedded"] == 36 and not pre.reused
@@ -226,7 +262,6 @@ def test_preprocess_embedding_actors_spread_over_nodes(full_cluster, work):
     assert len(actors) == 2 and len(nodes) == 2, actors
     head, workers = node_ids(full_cluster)
     assert nodes <= {head} | workers
-
 
 
 class RemoveNodeAfterFirstCheckpoint(tune.Callback):
@@ -264,7 +299,6 @@ def test_search_survives_losing_a_worker_node(full_cluster, work, monkeypatch, c
     from imgrestore.submission.predict import check_submission
 
     cluster = full_cluster
-
     killer = RemoveNodeAfterFirstCheckpoint(cluster)
     pipeline = load_tune_pipeline()
     run_search = pipeline.run_search
@@ -293,34 +327,57 @@ def test_search_survives_losing_a_worker_node(full_cluster, work, monkeypatch, c
     assert client.get_model_version_by_alias("imgrestore-tiny", "champion").run_id == parent.info.run_id
 
 
-def _checkpoints(storage: Path) -> list[Path]:
-    return list(storage.glob("tiny-*/trial_*/checkpoint_*"))
+def _running_trial_with_saved_checkpoint(storage: Path) -> str | None:
+    """A trial that Tune's latest saved experiment state lists as RUNNING past its first epoch, if any: its
+    epoch-1 checkpoint is then recorded in that state (Tune records a result's checkpoint before it takes the
+    next result), and that state, written every few seconds, is what a resume starts from."""
+    states = sorted(storage.glob("tiny-*/experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        state = json.loads(states[-1].read_text())
+    except (OSError, ValueError):  # being written
+        return None
+    for trial_json, runtime_json in state["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        if trial["status"] == "RUNNING" and (runtime.get("last_result") or {}).get("epoch", 0) >= 2:
+            return trial["trial_id"]
+    return None
 
 
 @pytest.mark.slow
 def test_killed_driver_resumes_without_losing_or_duplicating_runs(full_cluster, work, capsys):
-    """`python pipelines/tune.py` against the cluster, SIGKILLed once trials have checkpoints; then
-    `--resume latest` (same storage, same MLflow) finishes the same search: one parent run, FINISHED, one
-    child run per trial, none left RUNNING, a champion and a valid zip. Storage is given as a URI."""
+    """`python pipelines/tune.py` against the cluster, SIGKILLed once Tune's saved state holds a checkpoint
+    of a running trial; then `--resume latest` (same storage, same MLflow) finishes the same search: that
+    trial continues from its checkpoint, one parent run (FINISHED), one child run per trial with every
+    epoch, none left RUNNING, a champion and a valid zip. Storage is given as a URI, as s3:// would be."""
     from mlflow.tracking import MlflowClient
 
     from imgrestore.data.dacon import load_dataset
     from imgrestore.submission.predict import check_submission
     from imgrestore.tuning.search import PARENT_FILE
 
-    cluster = full_cluster
+    cluster, epochs = full_cluster, 16
+    (work / "tiny-long.yaml").write_text(SPACE.replace("epochs: 3", f"epochs: {epochs}"))
     storage = work / "runs-driver-kill"
     uri = f"sqlite:///{work}/driver-kill.db"
-    argv = tune_argv(work, cluster, storage.as_uri(), uri, "driver-kill.zip")
+
+    def argv(*extra):
+        return tune_argv(work, cluster, storage.as_uri(), uri, "driver-kill.zip", *extra, space="tiny-long.yaml")
+
     log = (work / "driver-kill.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "tune.py"), *argv], cwd=work,
+    # Tune saves its experiment state at most every 10 s by default ("auto"); every second here, so that
+    # the kill can come after a save that recorded a checkpoint of a running trial
+    proc = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "tune.py"), *argv()], cwd=work,
+                            env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 150
-        while not _checkpoints(storage) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _checkpoints(storage), f"no checkpoint before the driver ended: {(work / 'driver-kill.log').read_text()[-3000:]}"
-        assert proc.poll() is None, "the driver finished before it could be killed"
+        victim = None
+        while victim is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            victim = _running_trial_with_saved_checkpoint(storage)
+        assert victim, f"no saved checkpoint of a running trial: {(work / 'driver-kill.log').read_text()[-3000:]}"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -329,8 +386,7 @@ def test_killed_driver_resumes_without_losing_or_duplicating_runs(full_cluster, 
 
     (exp_dir,) = storage.glob("tiny-*")
     parent_id = json.loads((exp_dir / PARENT_FILE).read_text())["run_id"]
-    code = load_tune_pipeline().main(tune_argv(work, cluster, storage.as_uri(), uri, "driver-kill.zip",
-                                               "--resume", "latest"))
+    code = load_tune_pipeline().main(argv("--resume", "latest"))
     assert code == 0
     assert "models:/imgrestore-tiny@champion" in capsys.readouterr().out
     assert check_submission(work / "driver-kill.zip", load_dataset(work / "data").test) == 6
@@ -342,8 +398,11 @@ def test_killed_driver_resumes_without_losing_or_duplicating_runs(full_cluster, 
     assert parents[0].info.status == "FINISHED" and "best_score" in parents[0].data.metrics
     kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     assert len(kids) == 2, [(k.data.tags.get("ray_trial_id"), k.info.status) for k in kids]
-    assert len({k.data.tags["ray_trial_id"] for k in kids}) == 2
+    assert len({k.data.tags["ray_trial_id"] for k in kids}) == 2 and victim in {k.data.tags["ray_trial_id"] for k in kids}
     assert all(k.info.status == "FINISHED" for k in kids)
     for kid in kids:  # every epoch of every trial is in its run
-        assert {m.step for m in client.get_metric_history(kid.info.run_id, "score")} == {1, 2, 3}
+        steps = [m.step for m in client.get_metric_history(kid.info.run_id, "epoch")]
+        assert set(steps) == set(range(1, epochs + 1))
+        if kid.data.tags["ray_trial_id"] == victim:
+            assert steps.count(1) == 1, "the killed trial continued from its checkpoint, not from scratch"
     assert client.get_model_version_by_alias("imgrestore-tiny", "champion").run_id == parent_id

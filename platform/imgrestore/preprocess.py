@@ -69,8 +69,9 @@ def output_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     sub = out / SUBDIR
     return {"train_csv": out / TRAIN_CSV, "test_csv": out / TEST_CSV, "meta": sub / META,
-            "summary": sub / SUMMARY, "cluster_map": sub / MAP_PNG, "train_embeddings": sub / "embeddings_train.parquet",
-            "test_embeddings": sub / "embeddings_test.parquet", "cache_dir": sub / "embedding_cache"}
+            "summary": sub / SUMMARY, "cluster_map": sub / MAP_PNG,
+            "train_embeddings": sub / "embeddings_train.parquet", "test_embeddings": sub / "embeddings_test.parquet",
+            "cache_dir": sub / "embedding_cache"}
 
 
 def stale_reason(data_dir, params: dict | None = None, out_dir=None) -> str | None:

@@ -5,7 +5,9 @@
           -> map_batches(EmbedActor, compute=ActorPoolStrategy(size=n), num_gpus=1 or 0, batch_size=...)
 
 One actor per GPU (``num_gpus=1``) when the cluster has GPUs; CPU actors otherwise, always leaving one CPU
-free for the decode tasks (actors that take every CPU starve the read tasks and the job hangs). Ray's
+free for the decode tasks (actors that take every CPU starve the read tasks and the job hangs), and never
+asking one actor for more CPUs than the largest node has (an actor lives on one node: on a cluster of small
+nodes a bigger request would wait forever). Ray's
 progress bars show the two stages. ``embed_images_local`` is the same model in a plain single-process loop
 (used by the benchmark and to check the Ray path gives the same vectors).
 """
@@ -73,6 +75,10 @@ def plan_actors(num_actors: int | None = None, num_cpus_per_actor: int | None = 
         log.warning("%d actor(s) x %d CPUs leaves no CPU for decoding on a %d-CPU cluster: using %d CPU(s) each",
                     size, per, cpus, max(1, spare // size))
         per = max(1, spare // size)
+    largest = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=cpus)
+    if per > largest >= 1:  # the cluster's CPUs are spread over nodes; one actor gets one node's at most
+        log.warning("%d CPUs per actor but the largest node has %d: using %d", per, largest, largest)
+        per = largest
     return {"size": size, "num_gpus": 0, "num_cpus": per, "threads": per}
 
 

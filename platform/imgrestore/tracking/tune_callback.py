@@ -63,10 +63,10 @@ class MLflowTrialLogger(tune.Callback):
             self.delete_orphans({t.trial_id for t in trials})
 
     def delete_orphans(self, known: set[str]) -> list[str]:
-        """Delete the child runs of trials the experiment does not know (see the module doc)."""
+        """Delete the trial runs under the parent run whose trial the experiment does not know (module doc)."""
         orphans = [r for r in self.client.search_runs(
             [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'", max_results=50000)
-            if r.data.tags.get(TRIAL_TAG) not in known]
+            if TRIAL_TAG in r.data.tags and r.data.tags[TRIAL_TAG] not in known]
         for run in orphans:
             log.warning("deleting MLflow run %s of trial %s: the resumed experiment has no such trial",
                         run.info.run_id, run.data.tags.get(TRIAL_TAG))

@@ -182,7 +182,11 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, verbose=verbose,
                 failure_config=tune.FailureConfig(max_failures=int(space.max_failures)),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
+                # Keep each trial's best checkpoint (the champion comes from it); Tune always keeps the latest
+                # too (the one a restart resumes from). num_to_keep=1 also makes Tune save its experiment state
+                # after every checkpoint: with more kept by score, a checkpoint that the saved state names as
+                # a trial's latest could already be deleted when a killed driver is resumed.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),
                 callbacks=[MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id), *callbacks],
             ),
@@ -200,9 +204,13 @@ def best_checkpoint(results: tune.ResultGrid, metric: str, mode: str):
     best = results.get_best_result(metric, mode, scope="all")
     frame = best.metrics_dataframe.dropna(subset=[metric])
     row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
-    checkpoint = best.get_best_checkpoint(metric, mode)
+    try:
+        checkpoint = best.get_best_checkpoint(metric, mode)
+    except RuntimeError:  # raised, not None, when a trial handed Tune no checkpoint at all
+        checkpoint = None
     if checkpoint is None and isinstance(row.get("checkpoint_path"), str):
-        checkpoint = tune.Checkpoint(row["checkpoint_path"])
+        # a path on the experiment's storage filesystem (local folder or bucket), without a scheme
+        checkpoint = tune.Checkpoint(row["checkpoint_path"], filesystem=results.filesystem)
     if checkpoint is None:
         raise RuntimeError(f"no trial produced a checkpoint (best trial {best.path}: {best.error})")
     return best, checkpoint, row.to_dict()

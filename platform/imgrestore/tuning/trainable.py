@@ -67,9 +67,16 @@ def _train_worker(config: dict) -> None:
 
     split_ref = config.pop("_split_csv", None)
     config = node_local_split(config, ray.get(split_ref) if split_ref is not None else None)
-    resume = config.pop("_resume_from", None)
-    train(config, report, resume_from=resume, device=str(ray.train.torch.get_device()),
-          wrap_model=ray.train.torch.prepare_model, wrap_loader=ray.train.torch.prepare_data_loader)
+    kwargs = dict(device=str(ray.train.torch.get_device()), wrap_model=ray.train.torch.prepare_model,
+                  wrap_loader=ray.train.torch.prepare_data_loader)
+    # A restarted trial re-creates the TorchTrainer under the same run name and storage: Ray Train then
+    # hands each worker the run's latest checkpoint (from any storage, S3 included) to resume from.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        train(config, report, **kwargs)
+        return
+    with checkpoint.as_directory() as resume_dir:
+        train(config, report, resume_from=resume_dir, **kwargs)
 
 
 def train_trial_distributed(config: dict, storage_path: str, workers: int = 2, use_gpu: bool = False,
@@ -81,9 +88,6 @@ def train_trial_distributed(config: dict, storage_path: str, workers: int = 2, u
     from ray.tune.integration.ray_train import TuneReportCallback
 
     config = {**config, "_split_csv": ray.put(split_csv) if split_csv is not None else None}
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        config["_resume_from"] = checkpoint.path
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config=config,

@@ -1,0 +1,87 @@
+"""Benchmark: restoration quality against baselines on a held-out set, and the platform's throughput.
+
+    python pipelines/benchmark.py                      # the recorded run (see docs/benchmarks.md), ~20 min on 2 cores
+    python pipelines/benchmark.py --quick              # everything at toy sizes, about a minute or two
+    python pipelines/benchmark.py --photos DIR --size 128 --train 240 --test 64 --budget-epochs 6
+
+Builds (once, cached under --work) a DACON-format dataset from the photos, with test_gt/ kept for scoring and
+test photos disjoint from training photos; preprocesses it; scores baselines, the seed's recipe, the demo
+search's champion and a larger budget on the held-out images; measures throughput and memory; writes the
+"## Restoration quality" and "## Throughput and cost" sections of --out-md (other sections are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_PHOTOS = ROOT.parent / "shared" / "photos"
+
+
+def parse_args(argv=None):
+    from imgrestore.benchmarking.runner import BenchConfig
+
+    d = BenchConfig(photos="", work=Path())
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--photos", default=str(SHARED_PHOTOS) if SHARED_PHOTOS.is_dir() else "bundled",
+                   help="folder of colour photos, or 'bundled' (default: ../shared/photos if present, else bundled)")
+    p.add_argument("--out-md", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to update")
+    p.add_argument("--work", help="datasets, Tune runs, MLflow store, checkpoints (default: "
+                   "$IMGRESTORE_CACHE/benchmark, or ~/.cache/imgrestore/benchmark; a quick run adds '-quick')")
+    p.add_argument("--size", type=int, help=f"image size (default {d.size})")
+    p.add_argument("--train", type=int, help=f"training images (default {d.n_train})")
+    p.add_argument("--test", type=int, help=f"held-out test images (default {d.n_test})")
+    p.add_argument("--budget-epochs", type=int, help=f"epochs of the seed's recipe and the search (default {d.budget_epochs})")
+    p.add_argument("--large-budget-epochs", type=int, help=f"epochs of the larger budget (default {d.large_budget_epochs})")
+    p.add_argument("--search-samples", type=int, help=f"trials of the demo search (default {d.search_samples})")
+    p.add_argument("--seed-channels", type=int, help=f"base channels of the seed's two-stage U-Net (default {d.seed_channels})")
+    p.add_argument("--space", help="search space YAML (default search_spaces/demo.yaml)")
+    p.add_argument("--cluster-sizes", type=int, nargs="+", help=f"UMAP/HDBSCAN sizes (default {' '.join(map(str, d.cluster_sizes))})")
+    p.add_argument("--cluster-timeout", type=float, help=f"seconds for all clustering sizes (default {d.cluster_timeout:.0f})")
+    p.add_argument("--quick", action="store_true", help="toy sizes (64 px, 30+6 images, 1 epoch, 2 trials)")
+    p.add_argument("--no-write", action="store_true", help="print the sections only")
+    p.add_argument("--rerender", action="store_true", help="measure nothing: render the last run's saved result "
+                   "(--work/last_result.pkl) again, e.g. after changing the markdown layout")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from imgrestore.benchmarking import render
+    from imgrestore.benchmarking.report import write_sections
+    from imgrestore.benchmarking.runner import BenchConfig, run_benchmark
+    from imgrestore.data.embedded import cache_root
+
+    args = parse_args(argv)
+    work = Path(args.work) if args.work else cache_root() / ("benchmark-quick" if args.quick else "benchmark")
+    given = {"size": args.size, "n_train": args.train, "n_test": args.test, "budget_epochs": args.budget_epochs,
+             "large_budget_epochs": args.large_budget_epochs, "search_samples": args.search_samples,
+             "seed_channels": args.seed_channels, "space": Path(args.space) if args.space else None,
+             "cluster_sizes": tuple(args.cluster_sizes) if args.cluster_sizes else None,
+             "cluster_timeout": args.cluster_timeout}
+    given = {k: v for k, v in given.items() if v is not None}
+    argv_shown = sys.argv[1:] if argv is None else list(argv)
+    command = "python pipelines/benchmark.py" + "".join(" " + shlex.quote(a) for a in argv_shown)
+    saved = work / "last_result.pkl"
+    if args.rerender:
+        res = pickle.loads(saved.read_bytes())
+    else:
+        make = BenchConfig.quick_preset if args.quick else BenchConfig
+        cfg = make(photos=args.photos, work=work, command=command, **given)
+        res = run_benchmark(cfg)
+        saved.write_bytes(pickle.dumps(res))
+    sections = {render.QUALITY: render.quality_section(res), render.THROUGHPUT: render.throughput_section(res)}
+    for text in sections.values():
+        print("\n" + text)
+    if not args.no_write:
+        write_sections(args.out_md, sections)
+        print(f"wrote {', '.join(sections)} to {args.out_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
