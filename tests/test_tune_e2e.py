@@ -142,3 +142,25 @@ def test_killed_trial_resumes_from_checkpoint_without_duplicate_runs(workdir, tm
     history = client.get_metric_history(
         next(k for k in kids if k.data.tags["ray_trial_id"] in killer.killed).info.run_id, "epoch")
     assert sorted({m.step for m in history}) == [1, 2, 3]
+
+
+def test_data_parallel_trial_through_ray_train(workdir, tmp_path):
+    """A trial asking for 2 workers runs as a Ray Train TorchTrainer (DDP, gloo on CPU); its checkpoint,
+    reported through Ray Train rather than Tune, still yields the champion."""
+    from imgrestore.preprocess import run_preprocess
+    from imgrestore.training.checkpoint import load_model
+    from imgrestore.tracking import setup_tracking
+    from imgrestore.tuning.search import best_checkpoint, run_search
+    from imgrestore.tuning.space import load_space
+
+    uri = setup_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    space = load_space(workdir / "tiny.yaml")
+    space.num_samples, space.resources = 1, {"cpu": 0.5, "workers": 2}
+    space.config = {**space.config, "preproc_csv": run_preprocess(workdir / "data", log_mlflow=False).paths["train_csv"]}
+    outcome = run_search(space, workdir / "data", tmp_path / "runs", uri, verbose=0)
+    assert not outcome.results.errors
+    assert outcome.results[0].metrics["epoch"] == 2
+    best, checkpoint, row = best_checkpoint(outcome.results, "score", "max")
+    with checkpoint.as_directory() as d:
+        assert load_model(d).name in ("unet", "ycbcr_unet")
+    assert row["score"] == max(best.metrics_dataframe["score"])
