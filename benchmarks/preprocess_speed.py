@@ -257,7 +257,10 @@ def render(args, origin, emb_rows, cl_rows, started, load_avg) -> str:
                      f"{diff} |")
     lines += ["", "End to end: model load included, and for Ray the actor start and dataset planning (the Ray "
               "cluster itself was started before timing). Model work: the plain loop's decode + inference time; "
-              "for Ray (n - 1) / (t(n images) - t(1 image)), so actor start and model load cancel out.", "",
+              "for Ray (n - 1) / (t(n images) - t(1 image)), so actor start and model load cancel out. "
+              "On a shared machine every number moves with the other jobs' load (see the load average); torch "
+              "with several threads suffers most, since its threads wait for each other when a core is taken.",
+              "",
               "### UMAP + HDBSCAN (random clustered 512-d unit vectors, not real embeddings)", "",
               "UMAP(n_neighbors=5, min_dist=0.0, n_components=2, random_state=42) on 512-d; "
               "HDBSCAN(min_cluster_size=5) on the 2-D map. One subprocess per row; numba JIT warm-up (4200 points, "
