@@ -16,7 +16,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from imgrestore.data.damage import SHAPES, DamageConfig, apply_damage
-from imgrestore.data.io import ImageReadError, read_gray, read_rgb, write_text
+from imgrestore.benchmarking.report import write_sections
+from imgrestore.data.io import ImageReadError, read_gray, read_rgb
 from imgrestore.data.masks import detect_mask, true_mask
 
 DEFAULT_PHOTOS = Path("/work/shared/photos")
@@ -189,17 +189,6 @@ def dacon(folder: Path) -> list[str]:
     return lines
 
 
-def write_section(doc: Path, section: str) -> None:
-    """Add or replace the '## Mask detection' section of doc, leaving the rest alone."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text(doc, text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS if DEFAULT_PHOTOS.is_dir() else None,
@@ -230,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         section = (f"{SECTION}\n\n`detect_mask` (platform/imgrestore/data/masks.py) against the true mask.\n\n"
                    f"- command: `{cmd}`\n- machine: {machine}\n- date: {dt.date.today().isoformat()}\n\n"
                    f"{report}\n\n{NOTES}")
-        write_section(args.write_docs, section)
+        write_sections(args.write_docs, {SECTION: section})
     return 0
 
 

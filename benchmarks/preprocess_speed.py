@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform as pyplatform
-import re
 import resource
 import signal
 import subprocess
@@ -27,21 +26,13 @@ from pathlib import Path
 import numpy as np
 
 SECTION = "## Preprocess"
+from imgrestore.benchmarking.report import write_sections  # noqa: E402
+from imgrestore.benchmarking.throughput import clustered_points  # noqa: E402  (one generator for both benchmarks)
+
 PHOTOS = Path("/work/shared/photos")
 
 
 # -- clustering workers (one subprocess per measurement) -------------------------------------------------
-def clustered_points(n: int, d: int = 512, seed: int = 0) -> np.ndarray:
-    """~100-point Gaussian clusters plus 10% uniform noise, L2-normalised (like image embeddings)."""
-    rng = np.random.default_rng(seed)
-    k = max(5, n // 100)
-    centers = rng.normal(size=(k, d))
-    n_noise = n // 10
-    X = centers[rng.integers(0, k, n - n_noise)] + rng.normal(scale=0.5, size=(n - n_noise, d))
-    X = np.vstack([X, rng.normal(scale=1.5, size=(n_noise, d))]).astype(np.float32)
-    return X / np.linalg.norm(X, axis=1, keepdims=True)
-
-
 def current_rss_mb() -> float:
     try:
         with open("/proc/self/statm") as f:
@@ -80,7 +71,7 @@ def worker(kind: str, n: int, backend: str) -> dict:
     else:
         from hdbscan import HDBSCAN
         from umap import UMAP
-    X = clustered_points(n)
+    X = clustered_points(n, 512)
     # warm-up: numba JIT (cpu) / CUDA context (cuml). More than 4096 points, so that umap-learn takes its
     # approximate (pynndescent) neighbour path and compiles it here too; 32-d to keep it short.
     t = time.perf_counter()
@@ -281,19 +272,6 @@ def render(args, origin, emb_rows, cl_rows, started, load_avg) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(doc: Path, section: str) -> None:
-    """Add or replace this section of `doc` (read just before writing), leaving other sections alone."""
-    from imgrestore.data.io import write_text
-
-    text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text(doc, text.rstrip("\n") + "\n")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -346,7 +324,7 @@ def main(argv=None) -> int:
         section += "\ncuML: not measured (no GPU in this session; `--backend cuml` needs RAPIDS cuML and a GPU).\n"
     print(section)
     if args.write_docs:
-        write_section(args.write_docs, section)
+        write_sections(args.write_docs, {SECTION: section})
         print(f"wrote section {SECTION!r} of {args.write_docs}")
     return 0
 

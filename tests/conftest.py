@@ -19,6 +19,36 @@ def tiny_dacon(tmp_path_factory):
     return build_dataset(bundled_photos(), out, BuildConfig(size=64, n_train=30, n_test=6, seed=1), progress=False)
 
 
+TINY_SPACE = """
+name: tiny
+metric: score
+mode: max
+num_samples: 2
+max_concurrent_trials: 2
+search: {algorithm: optuna}
+scheduler: {name: fifo}
+resources: {cpu: 1}
+max_failures: 2
+config:
+  model:
+    name: {choice: [unet, ycbcr_unet]}
+    base_channels: 4
+    depth: 2
+  loss: {l1: 1.0, hue_hist: {choice: [0.0, 0.1]}}
+  lr: {loguniform: [1.0e-3, 3.0e-3]}
+  batch_size: 4
+  image_size: null
+  epochs: {epochs}
+  max_val_images: 4
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_space_yaml():
+    """The text of a tiny search space (2 trials, 4-channel models), for end-to-end runs."""
+    return lambda epochs=2: TINY_SPACE.replace("{epochs}", str(epochs))
+
+
 def start_local_ray():
     import ray
 

@@ -149,28 +149,6 @@ def test_resumed_trial_logger_deletes_runs_of_trials_the_experiment_lost(tmp_pat
 
 # -- a real multi-node cluster on this machine ----------------------------------------------------------
 
-SPACE = """
-name: tiny
-metric: score
-mode: max
-num_samples: 2
-max_concurrent_trials: 2
-search: {algorithm: optuna}
-scheduler: {name: fifo}
-resources: {cpu: 1}
-max_failures: 2
-config:
-  model:
-    name: {choice: [unet, ycbcr_unet]}
-    base_channels: 4
-    depth: 2
-  loss: {l1: 1.0, hue_hist: {choice: [0.0, 0.1]}}
-  lr: {loguniform: [1.0e-3, 3.0e-3]}
-  batch_size: 4
-  image_size: null
-  epochs: 3
-  max_val_images: 4
-"""
 # Node failure is noticed within ~1.5 s instead of Ray's default ~15 s (the test's only tuning).
 FAST_FAILURE_DETECTION = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                           "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
@@ -220,10 +198,10 @@ def full_cluster(cluster):
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory, tiny_dacon):
+def work(tmp_path_factory, tiny_dacon, tiny_space_yaml):
     work = tmp_path_factory.mktemp("cluster")
     shutil.copytree(tiny_dacon, work / "data", ignore=shutil.ignore_patterns("preprocess", "*_preproc_1.csv"))
-    (work / "tiny.yaml").write_text(SPACE)
+    (work / "tiny.yaml").write_text(tiny_space_yaml(epochs=3))
     return work
 
 
@@ -346,7 +324,7 @@ def _running_trial_with_saved_checkpoint(storage: Path) -> str | None:
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_without_losing_or_duplicating_runs(full_cluster, work, capsys):
+def test_killed_driver_resumes_without_losing_or_duplicating_runs(full_cluster, work, capsys, tiny_space_yaml):
     """`python pipelines/tune.py` against the cluster, SIGKILLed once Tune's saved state holds a checkpoint
     of a running trial; then `--resume latest` (same storage, same MLflow) finishes the same search: that
     trial continues from its checkpoint, one parent run (FINISHED), one child run per trial with every
@@ -358,7 +336,7 @@ def test_killed_driver_resumes_without_losing_or_duplicating_runs(full_cluster, 
     from imgrestore.tuning.search import PARENT_FILE
 
     cluster, epochs = full_cluster, 16
-    (work / "tiny-long.yaml").write_text(SPACE.replace("epochs: 3", f"epochs: {epochs}"))
+    (work / "tiny-long.yaml").write_text(tiny_space_yaml(epochs=epochs))
     storage = work / "runs-driver-kill"
     uri = f"sqlite:///{work}/driver-kill.db"
 

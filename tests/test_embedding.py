@@ -12,17 +12,6 @@ TINY_DIM = 16
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> str:
     """A tiny random CLIP saved like a hub model (save_pretrained), loaded back through from_pretrained."""
     import torch

@@ -47,17 +47,6 @@ def build_tiny_dacon(root: Path, crops: int = CROPS, size: int = 64, seed: int =
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def done(ray_local, tmp_path_factory):
     data = tmp_path_factory.mktemp("dacon")
     truth = build_tiny_dacon(data)

@@ -20,28 +20,6 @@ from imgrestore.submission.predict import check_submission
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-SPACE = """
-name: tiny
-metric: score
-mode: max
-num_samples: 2
-max_concurrent_trials: 2
-search: {algorithm: optuna}
-scheduler: {name: fifo}
-resources: {cpu: 1}
-max_failures: 2
-config:
-  model:
-    name: {choice: [unet, ycbcr_unet]}
-    base_channels: 4
-    depth: 2
-  loss: {l1: 1.0, hue_hist: {choice: [0.0, 0.1]}}
-  lr: {loguniform: [1.0e-3, 3.0e-3]}
-  batch_size: 4
-  image_size: null
-  epochs: 2
-  max_val_images: 4
-"""
 
 
 def run_tune(argv):
@@ -54,13 +32,13 @@ def run_tune(argv):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_dacon, ray_local):
+def workdir(tmp_path_factory, tiny_dacon, ray_local, tiny_space_yaml):
     import shutil
 
     work = tmp_path_factory.mktemp("tune")
     data = work / "data"
     shutil.copytree(tiny_dacon, data)
-    (work / "tiny.yaml").write_text(SPACE)
+    (work / "tiny.yaml").write_text(tiny_space_yaml(epochs=2))
     return work
 
 

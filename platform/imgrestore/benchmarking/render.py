@@ -100,7 +100,7 @@ def per_cluster(res) -> list[str]:
         label = "**all**" if c == "all" else ("noise (-1)" if c < 0 else str(c))
         n_train = sum(train_counts.values()) if c == "all" else train_counts.get(str(int(c)), 0)
         rows.append([label, n_test, n_train] + [f"**{fmt(v)}**" if v == best else fmt(v) for v in means.values()])
-    out = ([f"### Test score per scene cluster (test images' predicted cluster; best of each row in bold)", ""]
+    out = (["### Test score per scene cluster (test images' predicted cluster; best of each row in bold)", ""]
            + table(["cluster", "test images", "train images"] + [SHORT.get(n, n) for n in names], rows))
     base = [n for n in names if res.quality[n]["kind"] == "baseline"]
     keep = [max(base, key=lambda n: frames[n]["score"].mean())] + [n for n in names if n not in base and n !=

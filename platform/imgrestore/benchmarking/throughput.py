@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import pyarrow.fs
 from mlflow.tracking import MlflowClient
 from ray import tune
