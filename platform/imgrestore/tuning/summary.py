@@ -13,7 +13,9 @@ def trials_table(results, metric: str = "score", mode: str = "max", top: int = 1
     cols = [c for c in ("trial_id", "config/model/name", "config/model/base_channels", "config/lr", *SCORE_KEYS,
                         "training_iteration") if c in frame]
     frame = frame.sort_values(metric, ascending=mode == "min")[cols].head(top)
-    frame.columns = [c.replace("config/", "").replace("model/", "model.") for c in frame.columns]
+    # each trial's row is its best epoch (filter_metric), so training_iteration is that epoch
+    frame.columns = [c.replace("config/", "").replace("model/", "model.").replace("training_iteration", "best_epoch")
+                     for c in frame.columns]
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
