@@ -76,6 +76,10 @@ def main(argv=None) -> int:
     client = MlflowClient(tracking_uri)
     try:
         return finish(args, space, outcome, dataset, client, tracking_uri)
+    except RuntimeError as e:  # no trial reported a score or left a checkpoint: the errors are above
+        client.set_terminated(outcome.parent_run_id, "FAILED")
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except BaseException:
         client.set_terminated(outcome.parent_run_id, "FAILED")
         raise

@@ -125,7 +125,13 @@ def test_changed_file_makes_outputs_stale(done, tmp_path):
     cache = Path(first.paths["cache_dir"])  # same bytes as the first dataset: all cached, no Ray job
     res = run_preprocess(data, out_dir=out, n_folds=3, log_mlflow=False, cache_dir=cache)
     assert res.summary["n_embedded"] == 0 and len(res.train) == len(truth)
-    assert res.train["gt_img_path"][0].startswith(str(data))  # absolute paths: the files are outside out_dir
+    # paths stay relative to the dataset root (DACON's convention), so training finds the files from data/
+    # whichever folder the CSV is written to
+    from imgrestore.training.loop import read_split
+
+    assert res.train["gt_img_path"][0].startswith("./train_gt/")
+    tr, va = read_split(str(data), str(out / "train_preproc_1.csv"), 0)
+    assert all(Path(p).is_file() and Path(p).is_relative_to(data) for p in [*tr["gt_path"], *va["input_path"]])
     assert not is_stale(data, out_dir=out) and is_stale(data)  # nothing was written into data/
     gt = data / "train_gt" / "TRAIN_00003.png"
     Image.fromarray(np.asarray(Image.open(gt))[::-1].copy()).save(gt)  # new content, same name and size

@@ -123,10 +123,12 @@ class PreprocessResult:
         return self.summary.get("embedder", "")
 
 
-def _rel(path: str, out_dir: Path) -> str:
+def _rel(path: str, root: Path) -> str:
+    """`./train_input/x.png` relative to the dataset root, as DACON's CSVs (training resolves these against
+    the data folder wherever the CSV is written); absolute if the file is outside the root."""
     p = Path(path).resolve()
     try:
-        return "./" + p.relative_to(out_dir.resolve()).as_posix()
+        return "./" + p.relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(p)
 
@@ -189,11 +191,11 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
         folds, fold_note = np.zeros(len(labels), int), str(e)
 
     train = pd.DataFrame({"img_id": [Path(n).stem for n in ds.train["name"]], "name": ds.train["name"],
-                          "input_img_path": [_rel(p, out) for p in ds.train["input_path"]],
-                          "gt_img_path": [_rel(p, out) for p in ds.train["gt_path"]],
+                          "input_img_path": [_rel(p, data_dir) for p in ds.train["input_path"]],
+                          "gt_img_path": [_rel(p, data_dir) for p in ds.train["gt_path"]],
                           "cluster": labels, "fold": folds})
     test = pd.DataFrame({"img_id": [Path(n).stem for n in ds.test["name"]], "name": ds.test["name"],
-                         "input_img_path": [_rel(p, out) for p in ds.test["input_path"]], "cluster": test_labels})
+                         "input_img_path": [_rel(p, data_dir) for p in ds.test["input_path"]], "cluster": test_labels})
     write_csv(paths["train_csv"], train)
     write_csv(paths["test_csv"], test)
     plot_cluster_map(clusterer.embedding_, labels, paths["cluster_map"], image_paths=train_paths,

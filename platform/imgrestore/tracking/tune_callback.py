@@ -109,7 +109,8 @@ class MLflowTrialLogger(tune.Callback):
         with checkpoint.as_directory() as d:
             path = Path(d) / SAMPLES_FILE
             if path.is_file():
-                image = np.asarray(Image.open(path).convert("RGB"))
+                with Image.open(path) as im:
+                    image = np.asarray(im.convert("RGB"))
                 self.client.log_image(self.run_id(trial), image, key="val_restorations", step=step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

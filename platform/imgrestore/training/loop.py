@@ -139,7 +139,8 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
     shuffle_rng = torch.Generator()  # re-seeded every epoch: the order depends on (seed, epoch) only,
     loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,  # so a
                         drop_last=True, num_workers=int(cfg["num_workers"]),  # resumed run repeats it
-                        persistent_workers=int(cfg["num_workers"]) > 0, pin_memory=device.type == "cuda",
+                        pin_memory=device.type == "cuda",  # workers are not persistent: each epoch's
+                        # workers copy the dataset after set_epoch, so augmentations change every epoch
                         generator=shuffle_rng)
 
     # model, loss, optimiser, schedule
@@ -149,6 +150,10 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
     has_aux = "return_aux" in model.forward.__code__.co_varnames
     if resume_from:
         model.load_state_dict(load_model(resume_from).state_dict())
+    if sampler is not None and torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        raise ValueError("cluster_balanced sampling is not supported in data-parallel trials (workers > 1): "
+                         "Ray Train replaces the sampler with a DistributedSampler")
     net = wrap_model(model)
     loader = wrap_loader(loader)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])

@@ -65,8 +65,10 @@ def _split_text(space: SearchSpace, data_dir: Path) -> str | None:
     """The split CSV the trials read, as text: it travels with every trial (trials on other nodes of a
     cluster cannot read the driver's disk; see imgrestore.tuning.trainable)."""
     csv = space.config.get("preproc_csv")
-    path = Path(csv) if isinstance(csv, str) else data_dir / "train_preproc_1.csv"
-    return path.read_text() if path.is_file() else None  # missing: the trial reports it
+    path = Path(csv) if csv else data_dir / "train_preproc_1.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `python pipelines/preprocess.py --data {data_dir}` first")
+    return path.read_text()
 
 
 def _trainable(space: SearchSpace, storage_path: str, split_csv: str | None = None):
@@ -190,7 +192,11 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
                 callbacks=[MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id), *callbacks],
             ),
         )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except BaseException:  # a crash or Ctrl-C: the parent run must not stay RUNNING (resume reopens it)
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
     return SearchOutcome(results, _as_outcome_dir(exp_dir), parent_run_id, experiment_id)
 
 
