@@ -19,11 +19,13 @@ def main(argv=None) -> int:
     p.add_argument("--train", type=int, default=64, help="number of train pairs")
     p.add_argument("--test", type=int, default=16, help="number of test inputs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a dataset an earlier make_dataset built (never any other folder)")
     args = p.parse_args(argv)
     cfg = BuildConfig(size=args.size, n_train=args.train, n_test=args.test, seed=args.seed)
     try:
-        out = build_dataset(photos_in(args.photos), args.out, cfg, overwrite=args.overwrite)
+        out = build_dataset(photos_in(args.photos), args.out, cfg, overwrite=args.overwrite,
+                            photo_dirs=[args.photos])
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -81,3 +81,50 @@ def test_embedded_dataset_is_built_once_and_cached(tmp_path):
     assert embedded_dataset(cfg, root=tmp_path) == first
     assert (first / "train.csv").stat().st_mtime_ns == stamp
     assert len(load_dataset(first).train) == 8
+
+
+def _photo_folder(tmp_path, n=3):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, load in bundled_photos()[:n]:
+        Image.fromarray(load()).save(photos / f"{name}.jpg")
+    return photos
+
+
+def _run_make_dataset(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["make_dataset.py", "--size", "32", "--train", "4", "--test", "1", *args])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "pipelines" / "make_dataset.py"), run_name="__main__")
+    return e.value.code
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "parent"])
+def test_make_dataset_never_touches_the_photo_folder(tmp_path, monkeypatch, capsys, where):
+    photos = _photo_folder(tmp_path)
+    before = sorted((p.name, p.read_bytes()) for p in photos.iterdir())
+    out = {"same": photos, "inside": photos / "dataset", "parent": tmp_path}[where]
+    code = _run_make_dataset(monkeypatch, "--photos", str(photos), "--out", str(out), "--overwrite")
+    assert code == 2 and "photo folder" in capsys.readouterr().err
+    assert sorted((p.name, p.read_bytes()) for p in photos.iterdir()) == before
+
+
+def test_overwrite_replaces_only_a_folder_it_built(tmp_path, monkeypatch, capsys):
+    photos = _photo_folder(tmp_path)
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    code = _run_make_dataset(monkeypatch, "--photos", str(photos), "--out", str(mine), "--overwrite")
+    assert code == 2 and "not a dataset built by imgrestore" in capsys.readouterr().err
+    assert (mine / "thesis.txt").read_text() == "years of work"
+
+    out = tmp_path / "ds"
+    assert _run_make_dataset(monkeypatch, "--photos", str(photos), "--out", str(out)) == 0
+    (out / "train_gt" / "TRAIN_00000.png").unlink()
+    assert _run_make_dataset(monkeypatch, "--photos", str(photos), "--out", str(out), "--overwrite") == 0
+    assert (out / "train_gt" / "TRAIN_00000.png").is_file()  # a built dataset is rebuilt
+    assert not list(tmp_path.glob(".ds.*"))  # no temporary or old folder left behind
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _run_make_dataset(monkeypatch, "--photos", str(photos), "--out", str(empty)) == 0
+    assert (empty / "train.csv").is_file()

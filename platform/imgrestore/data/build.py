@@ -7,6 +7,7 @@ photo and crop box every image came from (the true groups, for checking the clus
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -25,6 +26,9 @@ from imgrestore.data.dacon import IMAGE_SUFFIXES
 from imgrestore.data.io import ImageReadError, read_rgb
 
 PhotoSource = tuple[str, Callable[[], np.ndarray]]  # (photo name, loader returning RGB uint8)
+# Written into every dataset this module builds. `overwrite` only ever deletes a folder that carries it:
+# a folder it did not build (a photo folder, a home directory, anything a typo points at) is never removed.
+BUILD_MARKER = ".imgrestore-dataset.json"
 
 
 def photos_in(folder: str | os.PathLike) -> list[PhotoSource]:
@@ -74,12 +78,53 @@ def _assign(photos: Sequence[PhotoSource], cfg: BuildConfig, rng: np.random.Gene
     return plan
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """True when `a` is `b` or lies inside it (both resolved, symlinks followed)."""
+    return a == b or b in a.parents
+
+
+def check_output(out: Path, overwrite: bool, photo_dirs: Sequence[Path] = ()) -> None:
+    """Refuse an output that would destroy anything this module did not build.
+
+    `out` may not be, contain or lie inside a folder of source photos; an existing `out` is replaced only
+    with `overwrite` and only when an earlier build marked it as its own (BUILD_MARKER); an empty folder
+    is fine (nothing is lost).
+    """
+    target = out.resolve()
+    for photos in photo_dirs:
+        src = Path(photos).resolve()
+        if _inside(target, src) or _inside(src, target):
+            raise ValueError(f"{out}: the output folder may not be, contain or lie inside the photo folder "
+                             f"{photos} (building it would overwrite or delete the source photos)")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise FileExistsError(f"{out}: exists and is not a folder; choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace a dataset "
+                              "built by this tool)")
+    if not (out / BUILD_MARKER).is_file():
+        raise FileExistsError(f"{out}: not a dataset built by imgrestore (no {BUILD_MARKER}); refusing to "
+                              "delete it. Choose an empty or new --out")
+
+
 def build_dataset(photos: Sequence[PhotoSource], out: str | os.PathLike, cfg: BuildConfig = BuildConfig(),
-                  overwrite: bool = False, progress: bool = True) -> Path:
-    """Write a DACON dataset to `out` (built in a temporary folder, then renamed into place)."""
+                  overwrite: bool = False, progress: bool = True, photo_dirs: Sequence[str | os.PathLike] = ()
+                  ) -> Path:
+    """Write a DACON dataset to `out` (built in a temporary folder, then renamed into place).
+
+    photo_dirs: the folders the photos come from; `out` may not overlap them (see check_output).
+    """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+    check_output(out, overwrite, [Path(d) for d in photo_dirs])
     rng = np.random.default_rng(cfg.seed)
     plan = _assign(photos, cfg, rng)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,9 +157,18 @@ def build_dataset(photos: Sequence[PhotoSource], out: str | os.PathLike, cfg: Bu
         pd.DataFrame({"img_id": [Path(s).stem for s in rows["test"]],
                       "input_img_path": [f"./test_input/{s}" for s in rows["test"]]}).to_csv(tmp / "test.csv", index=False)
         pd.DataFrame(sources).to_csv(tmp / "sources.csv", index=False)
+        (tmp / BUILD_MARKER).write_text(json.dumps({"builder": "imgrestore.data.build", "size": cfg.size,
+                                                    "n_train": cfg.n_train, "n_test": cfg.n_test,
+                                                    "seed": cfg.seed}, indent=2))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a dataset folder follows the umask
         if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            check_output(out, overwrite)  # checked again: it may have changed while we built
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)  # the old dataset is removed only once the new one is in place
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
