@@ -15,6 +15,7 @@ from imgrestore.clustering import (
     group_folds,
     resolve_backend,
 )
+from imgrestore.clustering.split import describe_folds
 
 N_CENTERS = 6
 
@@ -119,6 +120,94 @@ def test_fewer_groups_than_folds():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert set(group_folds(np.full(10, -1), n_splits=5)) == set(range(5))  # all noise: 10 groups
+
+
+def _skewed_labels(rng, n):
+    """One cluster with 30% of the images, many small clusters (2..15), 3..15% noise, shuffled."""
+    big, noise = int(0.3 * n), int(rng.uniform(0.03, 0.15) * n)
+    sizes, rest = [big], n - big - noise
+    while rest > 0:
+        sizes.append(min(rest, int(rng.integers(2, 16))))
+        rest -= sizes[-1]
+    labels = np.concatenate([np.repeat(np.arange(len(sizes)), sizes), np.full(noise, -1)])
+    rng.shuffle(labels)
+    return labels
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_folds_are_stratified_over_clusters_without_leaking(trial):
+    rng = np.random.default_rng(100 + trial)
+    n, k = int(rng.integers(80, 400)), int(rng.choice([3, 4, 5, 6]))
+    labels = _skewed_labels(rng, n)
+    folds = group_folds(labels, n_splits=k, seed=trial)
+    assert sorted(set(folds)) == list(range(k))
+    check_no_leak(labels, folds)
+    stats = describe_folds(labels, folds)
+    assert [s["images"] for s in stats] == np.bincount(folds).tolist()
+    n_clusters, n_groups = len(set(labels[labels >= 0])), len(set(labels[labels >= 0])) + (labels < 0).sum()
+    # fold 0 (the default validation fold) spans several scenes - never one cluster alone - and is the most
+    # varied fold (effective number of scenes)
+    f0 = stats[0]
+    assert f0["clusters"] >= min(n_clusters // k, 3)
+    assert f0["groups"] >= min(n_groups // k, 2)  # 3 unless a few clusters of similar size fill it
+    assert f0["largest_cluster_share"] < 1.0 and f0["effective_scenes"] >= min(1.5, n_groups / k)
+    assert f0["effective_scenes"] == max(s["effective_scenes"] for s in stats)
+    # the 30% cluster is not fold 0, and the other folds share the clusters evenly (the 30% cluster's fold
+    # fills up to the size cap early, so it holds fewer)
+    big_fold, cap = folds[labels == 0][0], np.ceil(n / k * 1.25)
+    assert big_fold != 0
+    counts = [s["clusters"] for s in stats if s["fold"] != big_fold]
+    assert max(counts) - min(counts) <= 1
+    # sizes: under the cap except a fold holding a cluster too big for it; none starved
+    for s in stats:
+        assert s["images"] <= cap or s["clusters"] == 1 and s["images"] == (labels == s["largest_cluster"]).sum()
+        assert s["images"] >= 0.5 * n / k  # starved only where few, coarse clusters leave no choice
+
+
+def test_fold_zero_is_not_one_cluster_on_a_realistic_split():
+    # what GroupKFold made of this: fold 0 = cluster 0 (20 images) and nothing else, for every seed
+    labels = np.concatenate([np.repeat(np.arange(8), [20, 14, 12, 10, 9, 8, 7, 6]), np.full(10, -1)])
+    np.random.default_rng(0).shuffle(labels)
+    for seed in (0, 1, 42):
+        folds = group_folds(labels, n_splits=5, seed=seed)
+        check_no_leak(labels, folds)
+        stats = describe_folds(labels, folds)
+        assert stats[0]["clusters"] == 2 and stats[0]["largest_cluster_share"] < 0.5  # two mid-sized scenes
+        assert 0 not in set(labels[folds == 0])
+        assert [s["clusters"] for s in stats] == [2, 2, 2, 1, 1]
+        assert max(s["images"] for s in stats) - min(s["images"] for s in stats) <= 1
+
+
+def test_folds_are_deterministic_per_seed_and_change_with_it():
+    labels = _skewed_labels(np.random.default_rng(7), 200)
+    a, b = group_folds(labels, n_splits=5, seed=3), group_folds(labels, n_splits=5, seed=3)
+    np.testing.assert_array_equal(a, b)
+    others = [group_folds(labels, n_splits=5, seed=s) for s in (4, 5, 6)]
+    assert any((o != a).any() for o in others)
+    for o in others:
+        check_no_leak(labels, o)
+
+
+def test_a_cluster_bigger_than_a_fold_goes_alone_and_not_to_fold_zero():
+    # cluster 0 holds 60% of the images: it must sit in one fold, and that fold is not fold 0
+    labels = np.concatenate([np.zeros(60, int), np.repeat(np.arange(1, 9), 4), np.full(8, -1)])
+    folds = group_folds(labels, n_splits=4, seed=0)
+    check_no_leak(labels, folds)
+    stats = describe_folds(labels, folds)
+    big = folds[labels == 0][0]
+    assert big != 0 and stats[big]["clusters"] == 1
+    assert stats[0]["clusters"] >= 2
+
+
+def test_describe_folds():
+    labels = np.array([0, 0, 0, 1, -1, 2, 2, -1])
+    folds = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    s0, s1 = describe_folds(labels, folds)
+    assert s0 == {"fold": 0, "images": 5, "clusters": 2, "noise": 1, "groups": 3, "largest_cluster": 0,
+                  "largest_cluster_share": 0.6, "effective_scenes": pytest.approx(25 / 11)}  # 1 / (.6² + .2² + .2²)
+    assert s1["clusters"] == 1 and s1["noise"] == 1 and s1["largest_cluster"] == 2
+    empty = describe_folds(np.array([-1, -1]), np.array([0, 1]), n_folds=3)[2]
+    assert empty["images"] == 0 and empty["largest_cluster"] is None and empty["largest_cluster_share"] == 0.0
 
 
 def test_summary_and_cluster_map(fitted, tmp_path):

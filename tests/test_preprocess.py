@@ -169,3 +169,13 @@ def test_cli_prints_a_summary(done):
     bad = subprocess.run([sys.executable, str(ROOT / "pipelines" / "preprocess.py"), "--data", str(data / "nope")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_cli_corrupt_image_is_an_error_line(tmp_path, corrupt_png):
+    build_tiny_dacon(tmp_path, crops=1)
+    bad = sorted((tmp_path / "train_gt").iterdir())[0]
+    bad.write_bytes(corrupt_png(Image.open(bad).copy(), "short"))
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "preprocess.py"), "--data", str(tmp_path),
+                           "--no-mlflow"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"train_gt/{bad.name}: corrupt or unreadable image" in proc.stderr

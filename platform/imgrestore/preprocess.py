@@ -30,7 +30,7 @@ from imgrestore.data.dacon import FOLDERS, IMAGE_SUFFIXES, load_dataset
 from imgrestore.data.io import write_csv, write_text
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2  # 2: folds stratified over clusters (fold 0 no longer one cluster); fold_clusters in the summary
 TRAIN_CSV, TEST_CSV = "train_preproc_1.csv", "test_preproc_1.csv"
 SUBDIR, META, SUMMARY, MAP_PNG = "preprocess", "preprocess_meta.json", "preprocess_summary.json", "cluster_map.png"
 DEFAULTS = dict(embedder="effnet-lite0", backend="auto", n_folds=5, seed=42, n_neighbors=5, min_dist=0.0,
@@ -150,6 +150,7 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
     (`reused=True`) unless `force`."""
     from imgrestore.clustering import SceneClusterer, cluster_summary, group_folds
     from imgrestore.clustering.plots import plot_cluster_map
+    from imgrestore.clustering.split import describe_folds
     from imgrestore.embedding.cache import save_embeddings
     from imgrestore.embedding.ray_embed import embed_images
 
@@ -201,10 +202,13 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
     plot_cluster_map(clusterer.embedding_, labels, paths["cluster_map"], image_paths=train_paths,
                      test_embedding=test_map, title=f"Scene clusters ({params['embedder']}, {clusterer.backend_})")
 
+    fold_stats = describe_folds(labels, folds)  # per fold: images, clusters, noise, largest cluster's share
     summary = {**cluster_summary(labels), "embedder": params["embedder"], "backend": clusterer.backend_,
                "params": params, "effective_params": clusterer.params_, "adjustments": clusterer.adjustments_,
                "n_train": len(train), "n_test": len(test), "n_folds": int(folds.max()) + 1,
                "fold_sizes": np.bincount(folds).tolist(), "fold_note": fold_note,
+               "fold_clusters": [d["clusters"] for d in fold_stats], "fold_noise": [d["noise"] for d in fold_stats],
+               "fold_largest_cluster_share": [round(d["largest_cluster_share"], 4) for d in fold_stats],
                "test_noise_share": float((test_labels < 0).mean()) if len(test) else 0.0,
                "n_embedded": int(emb.attrs["n_embedded"]), "n_cached": int(emb.attrs["n_cached"]),
                "embed_seconds": round(embed_s, 3), "cluster_seconds": round(cluster_s, 3)}
