@@ -15,20 +15,29 @@ Registered names (see :func:`list_losses`):
 * ``l1``, ``mse``: plain, over all pixels.
 * ``masked_l1``, ``masked_mse``: mean over the lost region only (add them to
   ``l1``/``mse`` to weight the damaged region more).
-* ``ssim``: 1 - SSIM of the whole RGB image (per channel, averaged).
-* ``masked_ssim``: 1 - mean of the SSIM map over the lost region.
-* ``hue_hist``: 1 - Pearson correlation of soft OpenCV hue histograms.
+* ``ssim``: 1 - SSIM of the whole RGB image (per channel, averaged): the
+  metric's S. Exact with ``data_range="pred"``.
+* ``metric_m``: 1 - the metric's M: SSIM of the lost pixels taken as 1-D
+  sequences in raster order (:func:`masked_ssim_1d`). Exact with
+  ``data_range="pred"``.
+* ``masked_ssim``: 1 - mean of a 2-D SSIM map over the lost region. NOT the
+  metric's M (kept for old configs; a smoother regional loss).
+* ``hue_hist``: 1 - Pearson correlation of soft OpenCV hue histograms (a
+  surrogate of the metric's C; hard histograms have no gradient).
+* ``metric``: 1 - (0.2 S + 0.4 M + 0.4 C_soft), a surrogate of the whole score
+  (exact S and M, soft C; ``data_range="pred"`` by default).
 
 They mirror the competition score = 0.2 SSIM(whole RGB) + 0.4 SSIM(lost
 region) + 0.4 hue-histogram correlation (OpenCV HSV hue, 180 bins,
-``compareHist(..., HISTCMP_CORREL)``).
+``compareHist(..., HISTCMP_CORREL)``), see :mod:`imgrestore.metrics`.
 
-SSIM is written here with ``conv2d`` rather than taken from a package:
-the metric's SSIM is scikit-image's (uniform 7x7 window, sample covariance,
-K1=0.01, K2=0.03), which ``pytorch-msssim`` cannot reproduce (Gaussian windows
-only, no per-pixel map for the masked variant). With ``window="uniform"``
-(default) :func:`ssim` equals ``skimage.metrics.structural_similarity(...,
-channel_axis=-1, data_range=1)``.
+SSIM is written here with ``conv2d``/``conv1d`` rather than taken from a
+package: the metric's SSIM is scikit-image's (uniform 7-sample window, sample
+covariance, K1=0.01, K2=0.03, ``data_range = pred.max() - pred.min()``), which
+``pytorch-msssim`` cannot reproduce (Gaussian windows only, no 1-D masked
+variant). With ``window="uniform"`` (default) :func:`ssim` equals
+``skimage.metrics.structural_similarity(..., channel_axis=-1, data_range=1)``,
+and with ``data_range="pred"`` the metric's S on uint8-valued images.
 """
 
 from __future__ import annotations
@@ -59,16 +68,68 @@ def _window(window_size: int, window: str, sigma: float, channels: int, like: Te
     return (w1[:, None] * w1[None, :]).expand(channels, 1, window_size, window_size).contiguous()
 
 
+def resolve_data_range(data_range, pred: Tensor) -> float | Tensor:
+    """``data_range`` as a float, or as a (B,) tensor for ``"pred"``.
+
+    ``"pred"`` is the metric's choice: per image ``pred.max() - pred.min()``
+    (detached: the metric treats it as a constant; 0 -> 1/255, what
+    :mod:`imgrestore.metrics` does for a constant uint8 prediction). A (B,)
+    tensor is taken as given.
+    """
+    if isinstance(data_range, str):
+        if data_range != "pred":
+            raise ValueError(f"data_range must be a number, a (B,) tensor or 'pred', got {data_range!r}")
+        flat = pred.detach().flatten(1)
+        dr = flat.amax(1) - flat.amin(1)
+        return torch.where(dr > 0, dr, torch.full_like(dr, 1 / 255))
+    if torch.is_tensor(data_range):
+        return data_range.detach()
+    return float(data_range)
+
+
+def _moments(x: Tensor, y: Tensor, filt: Callable[[Tensor], Tensor], cov: float):
+    """Windowed means, variances and covariance of x and y (``cov``: the N/(N-1) factor).
+
+    Each image channel is first shifted by its own (detached) mean: variances
+    are shift invariant, and smaller values make E[x^2] - E[x]^2 cancel less
+    in float32 (measured: low-contrast predictions ~30x closer to skimage).
+    A (near) flat prediction stays at float32's limit: ``data_range="pred"``
+    then gives C2 ~ 1e-8, the size of the rounding in the truth's variances;
+    compute in float64 where exact scores matter.
+    """
+    dims = tuple(range(2, x.dim()))
+    ax, ay = x.detach().mean(dims, keepdim=True), y.detach().mean(dims, keepdim=True)
+    x, y = x - ax, y - ay
+    mu_x, mu_y = filt(x), filt(y)
+    sxx = cov * (filt(x * x) - mu_x**2)
+    syy = cov * (filt(y * y) - mu_y**2)
+    sxy = cov * (filt(x * y) - mu_x * mu_y)
+    return mu_x + ax, mu_y + ay, sxx, syy, sxy
+
+
+def _ssim_formula(mu_x: Tensor, mu_y: Tensor, sxx: Tensor, syy: Tensor, sxy: Tensor, data_range,
+                  k1: float, k2: float) -> Tensor:
+    """SSIM from windowed moments; a (B,) ``data_range`` broadcasts over the other dims."""
+    if torch.is_tensor(data_range):
+        data_range = data_range.to(mu_x.dtype).view(-1, *[1] * (mu_x.dim() - 1))
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
+    return num / den
+
+
 def ssim_map(x: Tensor, y: Tensor, *, window_size: int = 7, window: str = "uniform", sigma: float = 1.5,
-             data_range: float = 1.0, k1: float = 0.01, k2: float = 0.03, sample_covariance: bool = True,
+             data_range=1.0, k1: float = 0.01, k2: float = 0.03, sample_covariance: bool = True,
              padding: str = "valid") -> Tensor:
     """Per-pixel, per-channel SSIM of (B,C,H,W) images.
 
     ``padding="valid"`` returns (B,C,H-w+1,W-w+1), the region skimage
     averages; ``"reflect"`` pads so the map is (B,C,H,W) (for masked use).
     ``sample_covariance=True`` applies skimage's N/(N-1) correction (uniform
-    window only, as skimage does).
+    window only, as skimage does). ``data_range``: see
+    :func:`resolve_data_range`; ``"pred"`` takes the range of ``x``.
     """
+    dr = resolve_data_range(data_range, x)
     c = x.shape[1]
     win = _window(window_size, window, sigma, c, x)
     if padding == "reflect":
@@ -81,31 +142,89 @@ def ssim_map(x: Tensor, y: Tensor, *, window_size: int = 7, window: str = "unifo
     def filt(t: Tensor) -> Tensor:
         return F.conv2d(t, win, groups=c)
 
-    mu_x, mu_y = filt(x), filt(y)
-    sxx, syy, sxy = filt(x * x) - mu_x**2, filt(y * y) - mu_y**2, filt(x * y) - mu_x * mu_y
-    if sample_covariance and window == "uniform":
-        n = window_size**2
-        sxx, syy, sxy = (s * (n / (n - 1)) for s in (sxx, syy, sxy))
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
-    return num / den
+    n = window_size**2
+    cov = n / (n - 1) if sample_covariance and window == "uniform" else 1.0
+    return _ssim_formula(*_moments(x, y, filt, cov), dr, k1, k2)
 
 
 def ssim(x: Tensor, y: Tensor, **kwargs) -> Tensor:
-    """Mean SSIM per image, shape (B,). Keyword arguments as :func:`ssim_map`."""
+    """Mean SSIM per image, shape (B,). Keyword arguments as :func:`ssim_map`.
+
+    With the defaults and ``data_range="pred"`` this is the metric's S when
+    ``x`` is the prediction (SSIM is symmetric; only the range comes from ``x``).
+    """
     return ssim_map(x, y, **kwargs).flatten(1).mean(1)
 
 
 def ssim_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, **kwargs) -> Tensor:
-    """1 - SSIM over the whole image (mask ignored)."""
+    """1 - SSIM over the whole image (mask ignored); the metric's S with ``data_range="pred"``."""
     return 1 - ssim(pred, target, **kwargs).mean()
 
 
-def masked_ssim_loss(pred: Tensor, target: Tensor, mask: Tensor, **kwargs) -> Tensor:
-    """1 - mean SSIM over the lost region (full-size map, reflect padding).
+def masked_ssim_1d(x: Tensor, y: Tensor, mask: Tensor, *, data_range=1.0, window_size: int = 7,
+                   k1: float = 0.01, k2: float = 0.03) -> Tensor:
+    """The metric's M per image, shape (B,): SSIM of the masked pixels as 1-D sequences.
 
-    Images whose mask is empty contribute 0.
+    The metric calls ``structural_similarity(gt[mask > 0], pred[mask > 0],
+    channel_axis=-1)``: numpy boolean indexing lists the lost pixels in raster
+    order as an (N, 3) array, so skimage sees three 1-D signals of length N.
+    Its 7-sample uniform window then slides along that list (mixing pixels
+    from different rows where the region wraps), the covariance is corrected
+    by 7/6 (``use_sample_covariance``, with 7 = win_size ** ndim for ndim=1),
+    and the mean is taken over the N - 6 windows that fit entirely (skimage
+    crops 3 samples at each end). Channels are averaged.
+
+    x: prediction (B,3,H,W); y: truth; mask: (B,1,H,W), lost where > 0.
+    ``data_range``: 1.0, or ``"pred"`` for the metric's whole-image range of
+    ``x`` (see :func:`resolve_data_range`). Images with fewer than
+    ``window_size`` lost pixels fall back to the whole-image SSIM, as
+    :func:`imgrestore.metrics.score_image` does. Gradients reach the lost
+    pixels only (and every pixel of a fallback image).
+    """
+    dr = resolve_data_range(data_range, x)
+    c = x.shape[1]
+    m = (mask > 0).flatten(1)  # (B, HW)
+    n = m.sum(1)  # lost pixels per image
+    # Batch the variable-length sequences without a Python loop: a stable sort
+    # on "not lost" moves each image's lost pixels to the front, still in
+    # raster order; the tail (other pixels) only feeds windows we drop below.
+    order = torch.sort((~m).to(torch.uint8), dim=1, stable=True).indices
+    order = order[:, None, :].expand(-1, c, -1)
+    xs, ys = x.flatten(2).gather(2, order), y.flatten(2).gather(2, order)  # (B, C, HW)
+
+    win = torch.full((c, 1, window_size), 1 / window_size, dtype=x.dtype, device=x.device)
+
+    def filt(t: Tensor) -> Tensor:
+        return F.conv1d(t, win, groups=c)  # "valid": window j covers samples j .. j+w-1
+
+    cov = window_size / (window_size - 1)
+    smap = _ssim_formula(*_moments(xs, ys, filt, cov), dr, k1, k2).mean(1)  # (B, L), channels averaged
+
+    # Window j is one of skimage's iff it ends inside the image's own sequence.
+    j = torch.arange(smap.shape[1], device=x.device)
+    keep = (j[None, :] + window_size <= n[:, None]).to(smap.dtype)
+    m1d = (smap * keep).sum(1) / keep.sum(1).clamp_min(1)
+
+    few = n < window_size
+    if few.any():  # skimage cannot run on so short a list; the metric falls back to S
+        whole = ssim(x, y, window_size=window_size, data_range=dr, k1=k1, k2=k2)
+        m1d = torch.where(few, whole, m1d)
+    return m1d
+
+
+def metric_m_loss(pred: Tensor, target: Tensor, mask: Tensor, **kwargs) -> Tensor:
+    """1 - the metric's M (:func:`masked_ssim_1d`), batch mean."""
+    return 1 - masked_ssim_1d(pred, target, mask, **kwargs).mean()
+
+
+def masked_ssim_loss(pred: Tensor, target: Tensor, mask: Tensor, **kwargs) -> Tensor:
+    """1 - mean of a 2-D SSIM map over the lost region (full-size map, reflect padding).
+
+    This is NOT the competition's M, which is a 1-D SSIM over the lost pixels
+    listed in raster order: use ``metric_m`` (:func:`masked_ssim_1d`) for
+    that. Kept for existing configs; it scores each lost pixel by its 2-D
+    neighbourhood, a smoother regional signal. Images whose mask is empty
+    contribute 0.
     """
     kwargs.setdefault("padding", "reflect")
     smap = ssim_map(pred, target, **kwargs).mean(1, keepdim=True)
@@ -244,6 +363,23 @@ def hue_hist_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, **kw
     return (1 - hist_correlation(hp, ht)).mean()
 
 
+# --------------------------------------------------------------------------- whole score
+
+
+def metric_loss(pred: Tensor, target: Tensor, mask: Tensor, *, data_range="pred", **hist_kwargs) -> Tensor:
+    """1 - (0.2 S + 0.4 M + 0.4 C_soft), batch mean: a surrogate of the whole score.
+
+    S and M are the metric's own (exact on uint8-valued images with the
+    default ``data_range="pred"``); C_soft is the soft hue-histogram
+    correlation of :func:`hue_hist_loss` (keyword arguments go to
+    :func:`soft_hue_histogram`), since the hard histogram has no gradient.
+    """
+    s = ssim(pred, target, data_range=data_range)
+    m = masked_ssim_1d(pred, target, mask, data_range=data_range)
+    c = hist_correlation(soft_hue_histogram(pred, **hist_kwargs), soft_hue_histogram(target, **hist_kwargs))
+    return 1 - (0.2 * s + 0.4 * m + 0.4 * c).mean()
+
+
 # --------------------------------------------------------------------------- registry / builder
 
 LossFn = Callable[..., Tensor]
@@ -255,7 +391,9 @@ LOSSES: dict[str, LossFn] = {
     "masked_mse": masked_mse_loss,
     "ssim": ssim_loss,
     "masked_ssim": masked_ssim_loss,
+    "metric_m": metric_m_loss,
     "hue_hist": hue_hist_loss,
+    "metric": metric_loss,
 }
 
 
