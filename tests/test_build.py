@@ -1,6 +1,7 @@
 """Datasets from real photos: make_dataset.py and the embedded default."""
 from __future__ import annotations
 
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -10,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgrestore.data.build import BuildConfig, build_dataset
+from imgrestore.data.build import BuildConfig, build_dataset, photos_in
 from imgrestore.data.dacon import load_dataset
-from imgrestore.data.embedded import bundled_photos, embedded_dataset
+from imgrestore.data.embedded import ASSETS, bundled_photos, embedded_dataset
 from imgrestore.data.masks import true_mask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,11 +21,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_bundled_photos_are_real_colour_photos():
     photos = bundled_photos()
-    assert len(photos) >= 20
+    assert len(photos) >= 90
+    assert len({name for name, _ in photos}) == len(photos)  # photo names key the train/test split
     for name, load in photos:
         rgb = load()
         assert rgb.ndim == 3 and rgb.shape[2] == 3 and min(rgb.shape[:2]) >= 256, name
         assert np.abs(rgb[..., 0].astype(int) - rgb[..., 2]).mean() > 3, f"{name} looks gray"
+
+
+def test_attribution_names_every_bundled_photo():
+    attribution = (ASSETS / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    missing = [name for name, _ in photos_in(ASSETS)
+               if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", attribution)]
+    assert not missing, f"bundled photos without an entry in ATTRIBUTION.md: {missing}"
 
 
 def test_built_dataset_is_valid_dacon_with_photo_disjoint_test(tiny_dacon):

@@ -1,7 +1,8 @@
 """The embedded default dataset: real photos the project can always reach, offline.
 
 Sources: photos shipped inside packages this project depends on (scikit-image, scikit-learn, matplotlib)
-plus thirteen CC0 photos bundled in `imgrestore/assets/photos` (see ATTRIBUTION.md there). The DACON-format
+plus 81 photos bundled in `imgrestore/assets/photos` (CC0, public domain, CC-BY and CC-BY-SA; each file's origin,
+author and licence are in ATTRIBUTION.md there). The DACON-format
 dataset is built from them on first use and cached (default `~/.cache/imgrestore`, or $IMGRESTORE_CACHE).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from imgrestore.data.io import read_rgb
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "photos"
 # Bumped whenever the recipe below changes, so a stale cache is never reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3  # 3: 68 more bundled photos (scratch, lomiri-wallpapers, kivy, scipy)
 DEMO_CONFIG = BuildConfig(size=128, n_train=96, n_test=24, seed=2026)
 
 
