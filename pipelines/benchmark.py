@@ -8,6 +8,7 @@ Builds (once, cached under --work) a DACON-format dataset from the photos, with 
 test photos disjoint from training photos; preprocesses it; scores baselines, the seed's recipe, the demo
 search's champion and a larger budget on the held-out images; measures throughput and memory; writes the
 "## Restoration quality" and "## Throughput and cost" sections of --out-md (other sections are kept).
+Bad input (missing photo folder or space file, nothing to rerender): `error: <message>` on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_PHOTOS = ROOT.parent / "shared" / "photos"
 
 
+def positive_int(text: str) -> int:
+    value = int(text)  # argparse turns a ValueError into "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def parse_args(argv=None):
     from imgrestore.benchmarking.runner import BenchConfig
 
@@ -32,21 +40,43 @@ def parse_args(argv=None):
     p.add_argument("--out-md", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file to update")
     p.add_argument("--work", help="datasets, Tune runs, MLflow store, checkpoints (default: "
                    "$IMGRESTORE_CACHE/benchmark, or ~/.cache/imgrestore/benchmark; a quick run adds '-quick')")
-    p.add_argument("--size", type=int, help=f"image size (default {d.size})")
-    p.add_argument("--train", type=int, help=f"training images (default {d.n_train})")
-    p.add_argument("--test", type=int, help=f"held-out test images (default {d.n_test})")
-    p.add_argument("--budget-epochs", type=int, help=f"epochs of the seed's recipe and the search (default {d.budget_epochs})")
-    p.add_argument("--large-budget-epochs", type=int, help=f"epochs of the larger budget (default {d.large_budget_epochs})")
-    p.add_argument("--search-samples", type=int, help=f"trials of the demo search (default {d.search_samples})")
-    p.add_argument("--seed-channels", type=int, help=f"base channels of the seed's two-stage U-Net (default {d.seed_channels})")
+    p.add_argument("--size", type=positive_int, help=f"image size (default {d.size})")
+    p.add_argument("--train", type=positive_int, help=f"training images (default {d.n_train})")
+    p.add_argument("--test", type=positive_int, help=f"held-out test images (default {d.n_test})")
+    p.add_argument("--budget-epochs", type=positive_int, help=f"epochs of the seed's recipe and the search (default {d.budget_epochs})")
+    p.add_argument("--large-budget-epochs", type=positive_int, help=f"epochs of the larger budget (default {d.large_budget_epochs})")
+    p.add_argument("--search-samples", type=positive_int, help=f"trials of the demo search (default {d.search_samples})")
+    p.add_argument("--seed-channels", type=positive_int, help=f"base channels of the seed's two-stage U-Net (default {d.seed_channels})")
     p.add_argument("--space", help="search space YAML (default search_spaces/demo.yaml)")
-    p.add_argument("--cluster-sizes", type=int, nargs="+", help=f"UMAP/HDBSCAN sizes (default {' '.join(map(str, d.cluster_sizes))})")
+    p.add_argument("--cluster-sizes", type=positive_int, nargs="+", help=f"UMAP/HDBSCAN sizes (default {' '.join(map(str, d.cluster_sizes))})")
     p.add_argument("--cluster-timeout", type=float, help=f"seconds for all clustering sizes (default {d.cluster_timeout:.0f})")
     p.add_argument("--quick", action="store_true", help="toy sizes (64 px, 30+6 images, 1 epoch, 2 trials)")
     p.add_argument("--no-write", action="store_true", help="print the sections only")
     p.add_argument("--rerender", action="store_true", help="measure nothing: render the last run's saved result "
                    "(--work/last_result.pkl) again, e.g. after changing the markdown layout")
     return p.parse_args(argv)
+
+
+def check_inputs(args, saved: Path) -> None:
+    """The ordinary input errors, found in seconds instead of minutes into the run."""
+    from imgrestore.data.build import photos_in
+    from imgrestore.tuning.space import load_space
+
+    if args.rerender:
+        if not saved.is_file():
+            raise FileNotFoundError(f"{saved}: no saved result to rerender (run the benchmark first, same --work)")
+        return
+    if args.photos != "bundled":
+        photos_in(args.photos)
+    if args.space:
+        load_space(args.space)
+
+
+def load_saved(saved: Path):
+    try:
+        return pickle.loads(saved.read_bytes())
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+        raise ValueError(f"{saved}: not a saved benchmark result ({type(e).__name__}: {e})") from None
 
 
 def main(argv=None) -> int:
@@ -67,9 +97,13 @@ def main(argv=None) -> int:
     argv_shown = sys.argv[1:] if argv is None else list(argv)
     command = "python pipelines/benchmark.py" + "".join(" " + shlex.quote(a) for a in argv_shown)
     saved = work / "last_result.pkl"
-    if args.rerender:
-        res = pickle.loads(saved.read_bytes())
-    else:
+    try:
+        check_inputs(args, saved)
+        res = load_saved(saved) if args.rerender else None
+    except (OSError, ValueError) as e:  # checked before the long run starts, reported without a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.rerender:
         make = BenchConfig.quick_preset if args.quick else BenchConfig
         cfg = make(photos=args.photos, work=work, command=command, **given)
         res = run_benchmark(cfg)

@@ -1,6 +1,8 @@
 """Turn a folder of colour photos into a DACON-format dataset (plus a hidden test_gt/ for scoring).
 
     python pipelines/make_dataset.py --photos ../shared/photos --out data/photos256 --size 256 --train 400 --test 100
+
+Bad input: `error: <message>` on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -26,10 +28,10 @@ def main(argv=None) -> int:
     try:
         out = build_dataset(photos_in(args.photos), args.out, cfg, overwrite=args.overwrite,
                             photo_dirs=[args.photos])
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        ds = load_dataset(out)  # validates what was written
+    except (OSError, ValueError) as e:  # missing or unwritable folders, bad photos, DatasetError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ds = load_dataset(out)  # validates what was written
     print(f"wrote {out}: {len(ds.train)} train pairs, {len(ds.test)} test inputs, {args.size}x{args.size}")
     return 0
 

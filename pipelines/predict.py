@@ -1,7 +1,11 @@
-"""Restore a DACON test set with a trained model into a checked submission.zip, logged to MLflow.
+"""Restore damaged gray images with a trained model into a checked submission.zip, logged to MLflow.
 
     python pipelines/predict.py --model models:/imgrestore-demo@champion --data DIR --out submission.zip
-    python pipelines/predict.py --model runs/demo-.../checkpoint_000005 --data DIR
+    python pipelines/predict.py --model runs/demo-.../checkpoint_000005 --input FOLDER_OF_PNGS
+
+--data reads only the test side of a DACON folder (test.csv, or test_input/ by name): the train side
+may be absent or broken. --input takes any folder of damaged gray images. Every input is validated
+before the model is loaded. Bad input: `error: <message>` on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -10,37 +14,82 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
+import torch
+from safetensors import SafetensorError
 
-from imgrestore.data.dacon import DatasetError, load_dataset
+from imgrestore.data.dacon import load_input_folder, load_test_inputs
 from imgrestore.data.embedded import embedded_dataset
-from imgrestore.submission.predict import SubmissionError, write_submission
+from imgrestore.submission.predict import write_submission
 from imgrestore.tracking import get_or_create_experiment, setup_tracking
 from imgrestore.tracking.champion import load_restorer
+
+
+def check_device(device: str) -> str:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--device {device}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is available here")
+    return device
+
+
+def load_model(ref: str, tracking_uri: str, device: str) -> torch.nn.Module:
+    """load_restorer, with a broken checkpoint reported as a ValueError naming it (no traceback)."""
+    try:
+        return load_restorer(ref, tracking_uri, device)
+    except (FileNotFoundError, mlflow.exceptions.MlflowException):
+        raise  # their messages already name the checkpoint or model
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        raise ValueError(f"{ref}: cannot load the model ({type(e).__name__}: {e})") from None
+
+
+def read_inputs(args) -> tuple[Path, pd.DataFrame]:
+    """(the folder, its validated inputs: name, input_path) from --input or --data."""
+    if args.input:
+        return Path(args.input), load_input_folder(args.input)
+    data = Path(args.data) if args.data else embedded_dataset()
+    if data.is_dir() and not (data / "test.csv").is_file() and not (data / "test_input").is_dir():
+        raise ValueError(f"{data}: not a DACON folder (no test.csv, no test_input/); "
+                         "for a plain folder of images use --input")
+    return data, load_test_inputs(data)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint folder, or models:/NAME@champion")
-    p.add_argument("--data", help="DACON dataset folder (default: the embedded dataset)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", help="DACON dataset folder; only its test side is read "
+                        "(default: the embedded dataset)")
+    source.add_argument("--input", help="a plain folder of damaged gray images to restore")
     p.add_argument("--out", default="submission.zip")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     p.add_argument("--experiment", default="predict", help="MLflow experiment the prediction run is logged to")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    tracking_uri = setup_tracking(args.tracking_uri)
     try:
-        dataset = load_dataset(Path(args.data) if args.data else embedded_dataset())
-        model = load_restorer(args.model, tracking_uri, args.device)
-        zip_path = write_submission(model, dataset.test, args.out, device=args.device)
-    except (DatasetError, SubmissionError, FileNotFoundError, mlflow.exceptions.MlflowException) as e:
+        out = Path(args.out)
+        if out.is_dir():
+            raise ValueError(f"{out}: is a folder; --out names the zip file to write")
+        device = check_device(args.device)
+        source_dir, test = read_inputs(args)
+        tracking_uri = setup_tracking(args.tracking_uri)
+        model = load_model(args.model, tracking_uri, device)
+        zip_path = write_submission(model, test, out, device=device)
+    except (ValueError, OSError, mlflow.exceptions.MlflowException) as e:  # DatasetError, SubmissionError too
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with mlflow.start_run(experiment_id=get_or_create_experiment(args.experiment, tracking_uri),
-                          run_name=f"predict {Path(zip_path).name}"):
-        mlflow.log_params({"model": args.model, "data": str(dataset.root), "n_test": len(dataset.test)})
-        mlflow.log_artifact(str(zip_path))
-    print(f"{'model':<12} {args.model}\n{'test images':<12} {len(dataset.test)}\n{'submission':<12} {Path(zip_path).resolve()}")
+    try:
+        with mlflow.start_run(experiment_id=get_or_create_experiment(args.experiment, tracking_uri),
+                              run_name=f"predict {zip_path.name}"):
+            mlflow.log_params({"model": args.model, "data": str(source_dir), "n_test": len(test)})
+            mlflow.log_artifact(str(zip_path))
+    except (OSError, mlflow.exceptions.MlflowException) as e:
+        print(f"error: {zip_path} was written, but logging it to MLflow failed: {e}", file=sys.stderr)
+        return 2
+    print(f"{'model':<12} {args.model}\n{'test images':<12} {len(test)}\n{'submission':<12} {zip_path.resolve()}")
     return 0
 
 

@@ -6,6 +6,7 @@
 Writes train_preproc_1.csv (cluster, fold) and test_preproc_1.csv (predicted cluster) into --out (default
 --data), a cluster map and a summary under preprocess/, and logs an MLflow run (experiment "preprocess").
 Up-to-date outputs are reused unless --force; a rerun embeds only new or changed files.
+Bad input: `error: <message>` on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
                              log_mlflow=not args.no_mlflow, n_neighbors=args.n_neighbors, min_dist=args.min_dist,
                              n_components=args.n_components, random_state=args.random_state,
                              min_cluster_size=args.min_cluster_size)
-    except (DatasetError, EmbedderError, RuntimeError, ValueError) as e:
+    except (DatasetError, EmbedderError, RuntimeError, ValueError, OSError) as e:  # OSError: unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2
     s = res.summary

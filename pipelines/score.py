@@ -2,9 +2,11 @@
 
     python pipelines/score.py --pred PRED_DIR_OR_ZIP --input INPUT_DIR --gt GT_DIR [--per-image]
 
-Predictions are PNGs named as the inputs (a folder, or a zip with no folders inside). The mask of
-each image is the true training mask: input != Pillow gray of the gt. The last line of output is
-one JSON object: {"score", "ssim", "masked_ssim", "hist_sim", "n"}.
+Predictions are PNGs named as the inputs (a folder, or a zip with no folders inside), held to the
+same rules as a submission (imgrestore.submission.rules: readable PNG, RGB, the input's size; a zip
+holds exactly the gt names). The mask of each image is the true training mask: input != Pillow gray
+of the gt. The last line of output is one JSON object: {"score", "ssim", "masked_ssim", "hist_sim", "n"}.
+Bad input: `error: <message>` on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -33,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows, summary = score_directory(args.pred, args.input, args.gt, progress=not args.no_progress)
-    except (ValueError, OSError) as e:
-        print(f"score.py: error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as e:  # bad or missing input: a message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.per_image:
         print(format_table(rows))
     print(json.dumps(summary), flush=True)

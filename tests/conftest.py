@@ -1,7 +1,10 @@
 """Shared fixtures. Nothing here needs ../shared: datasets are built from the bundled photos."""
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
 
 import pytest
 
@@ -77,3 +80,40 @@ def no_local_ray():
     ray.shutdown()
     if was_running:
         start_local_ray()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def corrupt_png_bytes(image, kind: str) -> bytes:
+    """PNG bytes of the Pillow `image` with a valid header and valid chunk CRCs, but bad pixel data:
+
+    short  the zlib stream is complete but decodes to half the bytes (Pillow's load() fills with zeros)
+    cut    the zlib stream stops half way (the IDAT chunk is cut, its CRC recomputed)
+    long   the zlib stream decodes to more bytes than the header allows
+    """
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data, out, pos = buf.getvalue(), buf.getvalue()[:8], 8
+    idat = b""
+    while pos < len(data):  # gather the IDAT chunks into one, keep the others
+        length, name = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if name == b"IDAT":
+            idat += body
+            continue
+        if name == b"IEND":
+            raw = zlib.decompress(idat)
+            idat = {"short": zlib.compress(raw[:len(raw) // 2]), "cut": idat[:len(idat) // 2],
+                    "long": zlib.compress(raw + bytes(len(raw)))}[kind]
+            out += _png_chunk(b"IDAT", idat)
+        out += _png_chunk(name, body)
+    return out
+
+
+@pytest.fixture(scope="session")
+def corrupt_png():
+    """corrupt_png_bytes(image, kind): a PNG that passes header and CRC checks but has bad pixel data."""
+    return corrupt_png_bytes

@@ -124,3 +124,24 @@ def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
     growth = tables_under(text, "### How it grows from 1k to 30k images")[0]
     assert {"1k", "5k", "30k"} <= set(growth[0])
     assert any("(extrap.)" in r["30k"] for r in growth)
+
+
+def test_bad_input_is_an_error_line_before_any_work(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_cli", ROOT / "pipelines" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    work = ["--work", str(tmp_path / "work"), "--no-write"]
+    cases = [(["--photos", str(tmp_path / "nope")], "photo folder not found"),
+             (["--space", str(tmp_path / "nope.yaml")], "search space not found"),
+             (["--rerender"], "no saved result to rerender")]
+    for args, message in cases:
+        assert benchmark.main([*args, *work]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err
+    (tmp_path / "work").mkdir(exist_ok=True)
+    (tmp_path / "work" / "last_result.pkl").write_bytes(b"junk")
+    assert benchmark.main(["--rerender", *work]) == 2
+    assert "not a saved benchmark result" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["last_result.pkl"]  # nothing built

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgrestore.data.dacon import DatasetError, find_path_columns, load_dataset
+from imgrestore.data.dacon import DatasetError, find_path_columns, load_dataset, load_input_folder, load_test_inputs
 
 
 def make(root, n_train=3, n_test=2, size=(32, 24), csv=True, bare=False):
@@ -110,3 +110,88 @@ def test_missing_folder_and_gt_without_input(tmp_path):
     shutil.copy(root / "train_gt" / "TRAIN_00000.png", root / "train_gt" / "EXTRA.png")
     with pytest.raises(DatasetError, match="train_gt/EXTRA.png: no train_input image"):
         load_dataset(root)
+
+
+def test_corrupt_pixel_data_behind_valid_crcs_is_found(tmp_path, corrupt_png):
+    """Headers and CRCs fine, pixel data not: every such file is reported at once, by path."""
+    root = make(tmp_path)
+    bad = {"train_input/TRAIN_00000.png": "short", "train_gt/TRAIN_00001.png": "cut",
+           "test_input/TEST_001.png": "long"}
+    for rel, kind in bad.items():
+        path = root / rel
+        with Image.open(path) as im:
+            path.write_bytes(corrupt_png(im.copy(), kind))
+        with Image.open(path) as im:
+            im.verify()  # what a header/CRC check sees: nothing wrong
+    with Image.open(root / "train_input/TRAIN_00000.png") as im:
+        im.load()  # and Pillow's decode silently fills the missing half with zeros
+    with pytest.raises(DatasetError) as e:
+        load_dataset(root)
+    assert len(e.value.problems) == 3
+    text = str(e.value)
+    assert str(root) in text
+    assert "train_input/TRAIN_00000.png: corrupt or unreadable image (corrupt PNG: pixel data decodes to" in text
+    assert "train_gt/TRAIN_00001.png: corrupt or unreadable image (corrupt PNG: pixel data stream is truncated" in text
+    assert "test_input/TEST_001.png: corrupt or unreadable image" in text
+
+
+def test_csv_with_a_header_and_no_rows(tmp_path):
+    root = make(tmp_path)
+    (root / "train.csv").write_text("img_id,input_img_path,gt_img_path\n")
+    with pytest.raises(DatasetError) as e:
+        load_dataset(root)
+    assert e.value.problems == ["train.csv: has a header but no rows (no train images listed)"]
+    (root / "train.csv").write_text("")
+    with pytest.raises(DatasetError, match="train.csv: the file is empty"):
+        load_dataset(root)
+
+
+def test_header_only_test_csv_is_fine_when_the_test_side_is_optional(tmp_path):
+    root = make(tmp_path)
+    (root / "test.csv").write_text("img_id,input_img_path\n")
+    assert len(load_dataset(root, require_test=False).test) == 0
+    with pytest.raises(DatasetError, match="test.csv: has a header but no rows"):
+        load_dataset(root)
+
+
+def test_test_inputs_alone_ignore_the_train_side(tmp_path):
+    root = make(tmp_path)
+    (root / "train.csv").write_text("garbage\n")
+    (root / "train_gt" / "TRAIN_00000.png").write_bytes(b"broken")
+    with pytest.raises(DatasetError):
+        load_dataset(root)
+    test = load_test_inputs(root)
+    assert test["name"].tolist() == ["TEST_000.png", "TEST_001.png"] and list(test) == ["name", "input_path"]
+    shutil.rmtree(root / "train_input")
+    shutil.rmtree(root / "train_gt")
+    (root / "test.csv").unlink()  # test_input/ by name
+    assert len(load_test_inputs(root)) == 2
+
+
+def test_test_inputs_problems(tmp_path):
+    with pytest.raises(DatasetError, match="folder not found"):
+        load_test_inputs(tmp_path / "nope")
+    root = make(tmp_path / "d", csv=False)
+    Image.new("RGB", (32, 24)).save(root / "test_input" / "TEST_000.png")
+    with pytest.raises(DatasetError, match="test_input/TEST_000.png: input is not grayscale"):
+        load_test_inputs(root)
+    shutil.rmtree(root / "test_input")
+    with pytest.raises(DatasetError, match=r"test: no images found \(looked for test.csv and test_input/\)"):
+        load_test_inputs(root)
+
+
+def test_a_plain_folder_of_inputs(tmp_path, corrupt_png):
+    root = make(tmp_path / "d", csv=False)
+    frame = load_input_folder(root / "test_input")
+    assert frame["name"].tolist() == ["TEST_000.png", "TEST_001.png"]
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        load_input_folder(folder)
+    Image.new("L", (8, 8)).save(folder / "ok.png")
+    Image.new("RGB", (8, 8)).save(folder / "colour.png")
+    (folder / "bad.png").write_bytes(corrupt_png(Image.new("L", (8, 8)), "short"))
+    (folder / "notes.txt").write_text("not an image: ignored")
+    with pytest.raises(DatasetError) as e:
+        load_input_folder(folder)
+    assert sorted(p.split(":")[0] for p in e.value.problems) == ["bad.png", "colour.png"]

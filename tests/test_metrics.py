@@ -6,6 +6,7 @@ with the gt's). Damage: one circle filled with one gray value in the Pillow-L gr
 """
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -253,12 +254,96 @@ def test_score_py_size_mismatch_and_nested_zip(dataset, tmp_path, capsys):
         img = np.asarray(Image.open(p))
         write_png(pred / p.name, img[:100] if p.name == "A_002.png" else img)
     args = ["--input", str(dataset / "input"), "--gt", str(dataset / "gt"), "--no-progress"]
-    assert main(["--pred", str(pred), *args]) == 1
+    assert main(["--pred", str(pred), *args]) == 2
     assert "A_002.png" in capsys.readouterr().err
 
     nested = tmp_path / "nested.zip"
     with zipfile.ZipFile(nested, "w") as zf:
         for p in sorted((dataset / "perfect").iterdir()):
             zf.write(p, arcname=f"sub/{p.name}")
-    assert main(["--pred", str(nested), *args]) == 1
-    assert "no folders" in capsys.readouterr().err
+    assert main(["--pred", str(nested), *args]) == 2
+    assert "folders are not allowed in the zip" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- one rule with the submission check
+
+
+def _defective_zip(dataset: Path, path: Path, defect: str, corrupt_png) -> Path:
+    """The perfect predictions as a zip, with one defect in A_001.png (or in the member list)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for p in sorted((dataset / "perfect").iterdir()):
+            data = p.read_bytes()
+            if p.name == "A_001.png":
+                im = Image.open(p).copy()
+                buf = io.BytesIO()
+                if defect == "gray":
+                    im.convert("L").save(buf, format="PNG")
+                elif defect == "jpeg":
+                    im.save(buf, format="JPEG")
+                elif defect == "size":
+                    im.crop((0, 0, 100, 128)).save(buf, format="PNG")
+                if defect in ("gray", "jpeg", "size"):
+                    data = buf.getvalue()
+                elif defect == "corrupt":
+                    data = corrupt_png(im, "short")
+                elif defect == "missing":
+                    continue
+            zf.writestr(p.name, data)
+        if defect == "extra":
+            zf.writestr("EXTRA.png", (dataset / "perfect" / "A_000.png").read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("defect, message", [
+    ("gray", "A_001.png: mode L, expected RGB"),
+    ("jpeg", "A_001.png: format JPEG, expected PNG"),
+    ("size", "A_001.png: size (100, 128), its input is (128, 128)"),
+    ("corrupt", "A_001.png: not a readable image (corrupt PNG: pixel data decodes to"),
+    ("missing", "A_001.png: missing from the zip"),
+    ("extra", "EXTRA.png: not a test input name"),
+])
+def test_score_rejects_what_a_submission_rejects(dataset, tmp_path, capsys, corrupt_png, defect, message):
+    import pandas as pd
+
+    from imgrestore.submission.predict import SubmissionError, check_submission
+
+    bad = _defective_zip(dataset, tmp_path / "bad.zip", defect, corrupt_png)
+    names = sorted(p.name for p in (dataset / "input").iterdir())
+    test = pd.DataFrame({"name": names, "input_path": [str(dataset / "input" / n) for n in names]})
+    with pytest.raises(SubmissionError) as e:
+        check_submission(bad, test)
+    assert message in str(e.value)
+    main = load_score_main()
+    assert main(["--pred", str(bad), "--input", str(dataset / "input"), "--gt", str(dataset / "gt"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    # the very same problem lines, word for word
+    assert [line for line in str(e.value).splitlines()[1:]] == err.strip().splitlines()[1:]
+
+
+def test_score_folder_may_hold_other_files_but_not_gray_predictions(dataset, tmp_path, capsys):
+    main = load_score_main()
+    pred = tmp_path / "pred"
+    for p in (dataset / "perfect").iterdir():
+        (pred / p.name).parent.mkdir(exist_ok=True)
+        (pred / p.name).write_bytes(p.read_bytes())
+    (pred / "notes.txt").write_text("a folder is not a submission: other files are fine")
+    args = ["--input", str(dataset / "input"), "--gt", str(dataset / "gt"), "--no-progress"]
+    assert main(["--pred", str(pred), *args]) == 0
+    capsys.readouterr()
+    Image.open(pred / "A_002.png").convert("L").save(pred / "A_002.png")
+    assert main(["--pred", str(pred), *args]) == 2
+    assert "A_002.png: mode L, expected RGB" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("what", ["pred", "gt", "input", "junk_zip"])
+def test_score_missing_or_bad_paths(dataset, tmp_path, capsys, what):
+    main = load_score_main()
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    paths = {"pred": dataset / "perfect", "gt": dataset / "gt", "input": dataset / "input"}
+    paths[what if what != "junk_zip" else "pred"] = tmp_path / ("junk.zip" if what == "junk_zip" else "nope")
+    assert main(["--pred", str(paths["pred"]), "--input", str(paths["input"]), "--gt", str(paths["gt"]),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and ("junk.zip" if what == "junk_zip" else "nope") in err

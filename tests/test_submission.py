@@ -1,8 +1,11 @@
 """Submission: restore a test set into a flat zip of RGB PNGs named as the inputs, checked before success."""
 from __future__ import annotations
 
+import importlib.util
 import io
+import shutil
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -31,11 +34,14 @@ def test_submission_is_complete_and_checked(tiny_dacon, tiny_model, tmp_path):
 
 
 def _zip(path, members):
+    """members: name -> a Pillow image (stored as PNG) or raw bytes."""
     with zipfile.ZipFile(path, "w") as zf:
         for name, img in members.items():
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            zf.writestr(name, buf.getvalue())
+            if not isinstance(img, bytes):
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                img = buf.getvalue()
+            zf.writestr(name, img)
     return path
 
 
@@ -82,3 +88,90 @@ def test_predict_cli_from_a_checkpoint(tiny_dacon, tiny_model, tmp_path, monkeyp
     assert e.value.code == 0
     assert check_submission(tmp_path / "sub.zip", load_dataset(tiny_dacon).test) == 6
     assert "submission" in capsys.readouterr().out
+
+
+def test_check_decodes_every_member(tiny_dacon, tmp_path, corrupt_png):
+    test = load_dataset(tiny_dacon).test
+    names = list(test["name"])
+    members = {n: Image.new("RGB", (64, 64)) for n in names}
+    members[names[0]] = corrupt_png(Image.new("RGB", (64, 64), (9, 99, 199)), "short")  # header and CRCs fine
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(jpeg, format="JPEG")
+    members[names[1]] = jpeg.getvalue()
+    with pytest.raises(SubmissionError) as e:
+        check_submission(_zip(tmp_path / "bad.zip", members), test)
+    text = str(e.value)
+    assert f"{names[0]}: not a readable image (corrupt PNG: pixel data decodes to" in text
+    assert f"{names[1]}: format JPEG, expected PNG" in text
+    assert "2 problem(s)" in text
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(SubmissionError, match="junk.zip: not a valid zip file"):
+        check_submission(tmp_path / "junk.zip", test)
+
+
+# ----------------------------------------------------------------------------- pipelines/predict.py
+
+PREDICT_PY = Path(__file__).resolve().parent.parent / "pipelines" / "predict.py"
+
+
+@pytest.fixture(scope="module")
+def predict_main():
+    spec = importlib.util.spec_from_file_location("predict_cli", PREDICT_PY)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+@pytest.fixture
+def checkpoint(tiny_model, tmp_path):
+    return save_model(tiny_model, tmp_path / "ckpt")
+
+
+def test_predict_reads_the_test_side_only(tiny_dacon, checkpoint, tmp_path, predict_main):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dacon / "test_input", data / "test_input")
+    shutil.copy(tiny_dacon / "test.csv", data / "test.csv")
+    (data / "train.csv").write_text("junk\n")  # a broken train side must not matter
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "sub.zip"
+    assert predict_main(["--model", str(checkpoint), "--data", str(data), "--out", str(out),
+                         "--tracking-uri", uri]) == 0
+    test = load_dataset(tiny_dacon).test
+    assert check_submission(out, test) == len(test)
+
+    # a plain folder of damaged gray PNGs
+    pngs = tmp_path / "pngs"
+    shutil.copytree(tiny_dacon / "test_input", pngs)
+    out2 = tmp_path / "sub2.zip"
+    assert predict_main(["--model", str(checkpoint), "--input", str(pngs), "--out", str(out2),
+                         "--tracking-uri", uri]) == 0
+    assert check_submission(out2, test) == len(test)
+
+
+def test_predict_bad_input_is_an_error_line_and_status_2(tiny_dacon, checkpoint, tmp_path, predict_main,
+                                                          capsys, corrupt_png):
+    pngs = tmp_path / "pngs"
+    shutil.copytree(tiny_dacon / "test_input", pngs)
+    broken_model = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken_model)
+    (broken_model / "model.json").write_text("{")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "sub.zip"
+    cases = [
+        (["--input", str(tmp_path / "nope")], "nope: folder not found"),
+        (["--data", str(pngs)], "not a DACON folder (no test.csv, no test_input/); for a plain folder"),
+        (["--input", str(pngs), "--out", str(pngs)], "is a folder"),
+        (["--input", str(pngs), "--model", str(tmp_path)], "not a model checkpoint"),
+        (["--input", str(pngs), "--model", str(broken_model)], "cannot load the model (JSONDecodeError"),
+    ]
+    for args, message in cases:
+        argv = ["--model", str(checkpoint), "--out", str(out), "--tracking-uri", uri, *args]
+        assert predict_main(argv) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, (args, err)
+    bad = sorted(pngs.iterdir())[1]
+    bad.write_bytes(corrupt_png(Image.open(bad).copy(), "cut"))
+    assert predict_main(["--model", str(checkpoint), "--input", str(pngs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad.name}: corrupt or unreadable image" in err and "Traceback" not in err
+    assert not out.exists()

@@ -27,7 +27,6 @@ not, they return a well-defined one instead of raising or giving nan:
 """
 from __future__ import annotations
 
-import io
 import os
 import warnings
 import zipfile
@@ -36,11 +35,11 @@ from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
-from PIL import Image
 from skimage.metrics import structural_similarity
 
-from imgrestore.data.io import ImageReadError, read_gray, read_rgb
+from imgrestore.data.io import read_gray, read_rgb
 from imgrestore.data.masks import true_mask
+from imgrestore.submission.rules import PredictionError, check_names, format_problems, read_member, read_prediction
 
 WEIGHTS = {"ssim": 0.2, "masked_ssim": 0.4, "hist_sim": 0.4}
 KEYS = ("score", "ssim", "masked_ssim", "hist_sim")
@@ -116,33 +115,47 @@ def score_batch(pairs: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> d
 
 
 class PredictionSet:
-    """Predicted PNGs named as the inputs, from a folder or from a flat zip (no folders inside)."""
+    """Predicted PNGs named as the inputs, from a folder or from a flat zip (no folders inside).
+
+    Each image is checked by the submission rules (imgrestore.submission.rules) as it is read, so a set
+    is scored only if a submission of it would be accepted, and is rejected with the same messages.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._zip = None
         if self.path.is_dir():
-            self.names = {p.name for p in self.path.iterdir() if p.is_file()}
+            self.container = "folder"
+            self.names = [p.name for p in self.path.iterdir() if p.is_file()]
         elif self.path.is_file() and zipfile.is_zipfile(self.path):
-            self._zip = zipfile.ZipFile(self.path)
-            members = self._zip.namelist()
-            nested = [m for m in members if "/" in m or "\\" in m]
-            if nested:
-                raise ValueError(f"{self.path}: the zip must hold files only, no folders (found {nested[0]!r})")
-            self.names = set(members)
+            self.container = "zip"
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except zipfile.BadZipFile as e:
+                raise ValueError(f"{self.path}: not a valid zip file ({e})") from None
+            self.names = self._zip.namelist()
+        elif not self.path.exists():
+            raise ValueError(f"{self.path}: prediction folder or zip not found")
         else:
             raise ValueError(f"{self.path}: not a folder or a zip file")
 
-    def read_rgb(self, name: str) -> np.ndarray:
-        if name not in self.names:
-            raise ValueError(f"{self.path}: missing prediction {name}")
-        if self._zip is None:
-            return read_rgb(self.path / name)
+    def check_names(self, expected: Iterable[str]) -> None:
+        """Raise ValueError if the set's names break the rules (a folder may hold other files too)."""
+        problems = check_names(self.names, expected, self.container, allow_extra=self._zip is None)
+        if problems:
+            raise ValueError(format_problems(self.path, problems))
+
+    def read_rgb(self, name: str, input_size: tuple[int, int]) -> np.ndarray:
+        """The prediction `name` as HxWx3 uint8, checked against the rules for an input of `input_size`
+        (width, height); otherwise a ValueError with the submission check's messages."""
         try:
-            with Image.open(io.BytesIO(self._zip.read(name))) as im:
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except Exception as e:  # noqa: BLE001 - any decoding failure names the member
-            raise ImageReadError(f"{self.path}:{name}: not a readable image ({type(e).__name__}: {e})") from None
+            if self._zip is not None:
+                data = read_member(self._zip, name)
+            else:
+                data = (self.path / name).read_bytes()
+            return read_prediction(name, data, input_size)
+        except PredictionError as e:
+            raise ValueError(format_problems(self.path, e.problems)) from None
 
     def close(self) -> None:
         if self._zip is not None:
@@ -159,22 +172,21 @@ def iter_directory(pred: str | os.PathLike, input_dir: str | os.PathLike, gt_dir
                    ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (name, gt, pred, mask) for every gt PNG, checking names and sizes with clear errors."""
     input_dir, gt_dir = Path(input_dir), Path(gt_dir)
+    for folder, what in ((gt_dir, "ground-truth"), (input_dir, "input")):
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: {what} folder not found")
     names = sorted(p.name for p in gt_dir.glob("*.png"))
     if not names:
         raise ValueError(f"{gt_dir}: no .png ground-truth images")
     with PredictionSet(pred) as preds:
-        missing = [n for n in names if n not in preds.names]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise ValueError(f"{preds.path}: missing prediction {missing[0]}{more}")
+        preds.check_names(names)
         for name in names:
             gt = read_rgb(gt_dir / name)
             gray = read_gray(input_dir / name)
-            p = preds.read_rgb(name)
             if gray.shape != gt.shape[:2]:
                 raise ValueError(f"{name}: input size {gray.shape[::-1]} != gt size {gt.shape[1::-1]}")
-            if p.shape != gt.shape:
-                raise ValueError(f"{name}: prediction size {p.shape[1::-1]} != gt size {gt.shape[1::-1]}")
+            # the rules compare the prediction with its input, which is the gt's size (checked above)
+            p = preds.read_rgb(name, gray.shape[::-1])
             yield name, gt, p, true_mask(gray, gt)
 
 

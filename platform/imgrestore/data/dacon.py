@@ -9,7 +9,11 @@
 
 The CSVs' path columns are found by their values, not their headers: a column whose values are image
 paths under one of the three folders (relative like ``./train_input/x.png`` or bare names). With no CSV the
-files are paired by name. Every problem found is reported at once, each with its file name.
+files are paired by name. Every image is fully decoded (a PNG's pixel data stream checked too), and every
+problem found is reported at once, each with its file name, before any expensive work starts.
+
+Prediction needs the test side only: `load_test_inputs` reads just that (a bad or absent train side does
+not matter there), and `load_input_folder` takes a plain folder of damaged gray images.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+
+from imgrestore.data.io import check_image_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FOLDERS = ("train_input", "train_gt", "test_input")
@@ -106,12 +111,22 @@ def resolve_path(value: str, root: Path, folder: str) -> Path:
     return (root / path).resolve() if ".." in path.parts else root / path
 
 
-def _from_csv(csv: Path, root: Path, wanted: tuple[str, ...], problems: list[str]) -> pd.DataFrame | None:
+def _from_csv(csv: Path, root: Path, wanted: tuple[str, ...], required: bool,
+              problems: list[str]) -> pd.DataFrame | None:
+    columns_out = ["name", "input_path"] + (["gt_path"] if "train_gt" in wanted else [])
     try:
         frame = pd.read_csv(csv)
+    except pd.errors.EmptyDataError:
+        problems.append(f"{csv.name}: the file is empty (no header, no rows)")
+        return None
     except Exception as e:  # pandas raises many types; the message is what matters
         problems.append(f"{csv.name}: cannot be read as CSV ({type(e).__name__}: {e})")
         return None
+    if frame.empty:  # without rows no column can be recognised by its values: say what is really wrong
+        if required:
+            problems.append(f"{csv.name}: has a header but no rows (no {csv.stem} images listed)")
+            return None
+        return pd.DataFrame(columns=columns_out)
     columns = find_path_columns(frame, root)
     missing = [f for f in wanted if f not in columns]
     if missing:
@@ -124,7 +139,7 @@ def _from_csv(csv: Path, root: Path, wanted: tuple[str, ...], problems: list[str
         key = "input_path" if folder.endswith("input") else "gt_path"
         out[key] = [str(p) for p in paths]
     out.insert(0, "name", [Path(p).name for p in out["input_path"]])
-    return out
+    return out[columns_out]
 
 
 def _pair_by_name(root: Path, split: str, problems: list[str]) -> pd.DataFrame:
@@ -149,12 +164,9 @@ def _check_files(frame: pd.DataFrame, root: Path, split: str, problems: list[str
         if not os.path.isfile(path):
             return rel, "file not found", None
         try:
-            with Image.open(path) as im:
-                mode, size = im.mode, im.size
-                im.verify()  # checks the PNG chunk CRCs without a full decode
-            return rel, None, (mode, size)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            return rel, f"corrupt or unreadable image ({type(e).__name__}: {e})", None
+            return rel, None, check_image_file(path)  # a full decode: corrupt pixel data fails here, not in training
+        except (ValueError, OSError) as e:
+            return rel, f"corrupt or unreadable image ({e})", None
 
     paths = list(frame["input_path"]) + (list(frame["gt_path"]) if "gt_path" in frame else [])
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -174,21 +186,62 @@ def _check_files(frame: pd.DataFrame, root: Path, split: str, problems: list[str
                                 f"{grel} ({gmeta[1][0]}x{gmeta[1][1]})")
 
 
+def _load_split(root: Path, split: str, required: bool, problems: list[str]) -> pd.DataFrame | None:
+    """One split's file list from its CSV, or by name without one; its files checked. None if unusable."""
+    wanted = ("train_input", "train_gt") if split == "train" else ("test_input",)
+    csv = root / f"{split}.csv"
+    frame = _from_csv(csv, root, wanted, required, problems) if csv.is_file() else _pair_by_name(root, split, problems)
+    if frame is None:
+        return None
+    if frame.empty and required:
+        problems.append(f"{split}: no images found (looked for {csv.name} and {split}_input/)")
+    _check_files(frame, root, split, problems)
+    return frame.reset_index(drop=True)
+
+
+def _folder_or_error(root: str | os.PathLike) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, [f"{root}: {'not a folder' if root.exists() else 'folder not found'}"])
+    return root
+
+
 def load_dataset(root: str | os.PathLike, require_test: bool = True) -> DaconDataset:
     """Read `root` as a DACON dataset and validate every file; raise DatasetError listing all problems."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(root, [f"{root}: dataset folder not found"])
     problems: list[str] = []
-    splits = {}
-    for split, wanted in (("train", ("train_input", "train_gt")), ("test", ("test_input",))):
-        csv = root / f"{split}.csv"
-        frame = _from_csv(csv, root, wanted, problems) if csv.is_file() else _pair_by_name(root, split, problems)
-        if frame is not None and frame.empty and (split == "train" or require_test):
-            problems.append(f"{split}: no images found (looked for {csv.name} and {split}_input/)")
-        if frame is not None:
-            _check_files(frame, root, split, problems)
-        splits[split] = frame
+    train = _load_split(root, "train", True, problems)
+    test = _load_split(root, "test", require_test, problems)
     if problems:
         raise DatasetError(root, problems)
-    return DaconDataset(root, splits["train"].reset_index(drop=True), splits["test"].reset_index(drop=True))
+    return DaconDataset(root, train, test)
+
+
+def load_test_inputs(root: str | os.PathLike) -> pd.DataFrame:
+    """The test side of a DACON folder (test.csv, or test_input/ by name), validated: name, input_path.
+
+    The train side is not read at all: prediction does not need it, so neither its absence nor its
+    problems may stop a prediction.
+    """
+    root = _folder_or_error(root)
+    problems: list[str] = []
+    test = _load_split(root, "test", True, problems)
+    if problems:
+        raise DatasetError(root, problems)
+    return test
+
+
+def load_input_folder(folder: str | os.PathLike) -> pd.DataFrame:
+    """A plain folder of damaged gray images (no DACON layout), validated: name, input_path."""
+    folder = _folder_or_error(folder)
+    images = _list_images(folder)
+    frame = pd.DataFrame({"name": [p.name for p in images], "input_path": [str(p) for p in images]})
+    problems: list[str] = []
+    if frame.empty:
+        problems.append(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    _check_files(frame, folder, "input", problems)
+    if problems:
+        raise DatasetError(folder, problems)
+    return frame

@@ -2,7 +2,8 @@
 
 The damaged region of a test input is found from the input alone (imgrestore.data.masks.detect_mask).
 PNGs are named as the inputs and stored flat in the zip; the zip is written under a temporary name,
-checked (count, names, sizes, RGB mode), and only then renamed into place.
+checked by the submission rules (imgrestore.submission.rules: names, PNG, RGB, input size), and only then
+renamed into place.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from imgrestore.data.io import atomic_path, read_gray
 from imgrestore.data.masks import detect_mask
+from imgrestore.submission.rules import PredictionError, check_names, format_problems, read_member, read_prediction
 from imgrestore.training.data import to_tensors, to_uint8_rgb
 
 
@@ -34,37 +36,25 @@ def restore(model: torch.nn.Module, gray: np.ndarray, mask: np.ndarray, device="
 
 
 def check_submission(zip_path: str | os.PathLike, test: pd.DataFrame) -> int:
-    """Check a submission against the test frame (name, input_path). Returns the number of images."""
+    """Check a submission against the test frame (name, input_path) by the rules of
+    imgrestore.submission.rules. Returns the number of images; SubmissionError lists every problem."""
     zip_path = Path(zip_path)
-    problems = []
-    with zipfile.ZipFile(zip_path) as zf:
-        members = zf.namelist()
-        expected = {row.name: row.input_path for row in test.itertuples(index=False)}
-        for m in members:
-            if "/" in m or "\\" in m:
-                problems.append(f"{m}: folders are not allowed in the zip")
-        missing, extra = set(expected) - set(members), set(members) - set(expected)
-        problems += [f"{n}: missing from the zip" for n in sorted(missing)]
-        problems += [f"{n}: not a test input name" for n in sorted(extra)]
-        if len(members) != len(set(members)):
-            problems.append("duplicate names in the zip")
-        for name in sorted(set(members) & set(expected)):
-            try:
-                with Image.open(io.BytesIO(zf.read(name))) as im:
-                    mode, size, fmt = im.mode, im.size, im.format
-            except Exception as e:  # noqa: BLE001 - any decoding failure is a problem with this member
-                problems.append(f"{name}: not a readable image ({e})")
-                continue
-            with Image.open(expected[name]) as inp:
-                in_size = inp.size
-            if fmt != "PNG":
-                problems.append(f"{name}: format {fmt}, expected PNG")
-            if mode != "RGB":
-                problems.append(f"{name}: mode {mode}, expected RGB")
-            if size != in_size:
-                problems.append(f"{name}: size {size}, its input is {in_size}")
+    expected = {row.name: row.input_path for row in test.itertuples(index=False)}
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            members = zf.namelist()
+            problems = check_names(members, expected)
+            for name in sorted(set(members) & set(expected)):
+                with Image.open(expected[name]) as inp:
+                    in_size = inp.size
+                try:
+                    read_prediction(name, read_member(zf, name), in_size)
+                except PredictionError as e:
+                    problems += e.problems
+    except zipfile.BadZipFile as e:
+        raise SubmissionError(f"{zip_path}: not a valid zip file ({e})") from None
     if problems:
-        raise SubmissionError(f"{zip_path}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems[:50]))
+        raise SubmissionError(format_problems(zip_path, problems))
     return len(members)
 
 
