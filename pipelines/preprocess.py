@@ -1,11 +1,14 @@
 """Scene clusters and leakage-free folds for a DACON dataset (Ray Data embeddings -> UMAP -> HDBSCAN).
 
     python pipelines/preprocess.py --data DIR [--out DIR] [--embedder effnet-lite0 | clip:<hub id or folder>]
-        [--backend auto|cpu|cuml] [--folds K] [--batch-size N] [--num-actors N] [--tracking-uri URI] [--force]
+        [--cluster-backend auto|cpu|cuml] [--folds K] [--batch-size N] [--num-actors N] [--tracking-uri URI] [--force]
 
 Writes train_preproc_1.csv (cluster, fold) and test_preproc_1.csv (predicted cluster) into --out (default
 --data), a cluster map and a summary under preprocess/, and logs an MLflow run (experiment "preprocess").
 Up-to-date outputs are reused unless --force; a rerun embeds only new or changed files.
+Clustering runs as a Ray task that asks for a GPU when the cluster has (or can autoscale) one; --cluster-backend
+auto picks cuML on the node that runs it when RAPIDS is there, else umap-learn + hdbscan. The backend used and
+where it ran are printed below the run and logged to MLflow.
 Bad input: `error: <message>` on stderr, exit status 2.
 """
 from __future__ import annotations
@@ -22,11 +25,13 @@ def main(argv=None) -> int:
     p.add_argument("--embedder", default="effnet-lite0",
                    help="effnet-lite0 (offline ImageNet weights) or clip:<hub id or local folder>, "
                         "e.g. clip:geolocal/StreetCLIP")
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuml"],
-                   help="UMAP/HDBSCAN backend: cuml (RAPIDS, GPU), cpu (umap-learn + hdbscan), auto")
+    p.add_argument("--cluster-backend", "--backend", dest="backend", default="auto", choices=["auto", "cpu", "cuml"],
+                   help="UMAP/HDBSCAN backend: cuml (RAPIDS, on a GPU node), cpu (umap-learn + hdbscan), auto (cuML "
+                        "where the clustering task lands on a GPU with RAPIDS, else cpu). --backend is the old name")
     p.add_argument("--folds", type=int, default=5, help="number of group folds")
     p.add_argument("--seed", type=int, default=42, help="fold assignment seed")
-    p.add_argument("--batch-size", type=int, default=16, help="Ray Data batch size for embedding")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="Ray Data batch size for embedding (default: 16 on CPU actors, 128 on GPU actors)")
     p.add_argument("--num-actors", type=int, default=None, help="embedding actors (default: one per GPU, "
                    "or a few CPU actors leaving one CPU free)")
     p.add_argument("--n-neighbors", type=int, default=5, help="UMAP n_neighbors")
@@ -59,7 +64,8 @@ def main(argv=None) -> int:
     rows = [
         ("status", "up to date, reused" if res.reused else "computed"),
         ("embedder", s.get("embedder")),
-        ("backend", s.get("backend")),
+        ("cluster backend", s.get("backend")),
+        ("cluster placement", _placement(s.get("cluster_placement"))),
         ("train / test images", f"{s.get('n_train')} / {s.get('n_test')}"),
         ("embedded now / from cache", "0 / - (nothing recomputed)" if res.reused
          else f"{s.get('n_embedded')} / {s.get('n_cached')}"),
@@ -80,6 +86,15 @@ def main(argv=None) -> int:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _placement(p: dict | None) -> str:
+    if not p:
+        return "-"
+    text = f"{p['num_gpus_requested']} GPU requested ({p['reason']}); ran on {p['host']}"
+    if p.get("gpu_ids"):
+        text += f", GPU {','.join(p['gpu_ids'])}"
+    return text + (f"; not cuML: {p['why_not_cuml']}" if p.get("why_not_cuml") else "")
 
 
 if __name__ == "__main__":

@@ -231,3 +231,55 @@ def test_summary_and_cluster_map(fitted, tmp_path):
                            test_embedding=sc.embedding_[:5])
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 500
+
+
+# ----------------------------------------------------------------------------- placement (Ray task)
+
+GPU_CLUSTER_YAML = """
+max_workers: 4
+head_node_type: head
+available_node_types:
+  head: {resources: {CPU: 8}, min_workers: 0, max_workers: 0}
+  gpu_worker: {resources: {CPU: 4, GPU: 1}, min_workers: 0, max_workers: 4}
+"""
+
+
+def test_autoscaler_config_decides_the_gpu_request(ray_local, tmp_path):
+    from pathlib import Path
+
+    from imgrestore.clustering.placement import autoscaler_gpus, plan_clustering
+
+    gpu_yaml = tmp_path / "gpu.yaml"
+    gpu_yaml.write_text(GPU_CLUSTER_YAML)
+    cpu_yaml = tmp_path / "cpu.yaml"
+    cpu_yaml.write_text(GPU_CLUSTER_YAML.replace("GPU: 1", "GPU: 0"))
+    assert autoscaler_gpus(gpu_yaml)[0] == 4
+    # the session's Ray has no GPU: a GPU is asked for only when the autoscaler can add one
+    plan = plan_clustering("auto", gpu_yaml)
+    assert plan["num_gpus"] == 1 and "autoscaler can add" in plan["reason"]
+    assert plan_clustering("auto", cpu_yaml)["num_gpus"] == 0
+    assert plan_clustering("auto", tmp_path / "missing.yaml")["num_gpus"] == 0
+    assert plan_clustering("cpu", gpu_yaml)["num_gpus"] == 0
+    # this repository's cluster.yaml says `resources: {}`: `ray up` fills them in (g5.xlarge -> GPU 1) in the
+    # bootstrap config the head reads; the raw file alone tells nothing
+    assert autoscaler_gpus(Path(__file__).resolve().parents[1] / "cluster.yaml")[0] == 0
+    with pytest.raises(ValueError, match="backend must be one of"):
+        plan_clustering("gpu")
+
+
+def test_clustering_task_on_a_cpu_cluster(ray_local, fitted):
+    from imgrestore.clustering.placement import run_clustering
+
+    X, _ = _blobs(300, seed=1)
+    params = {"n_neighbors": 5, "min_cluster_size": 5}
+    res = run_clustering(X, X[:10], params, backend="auto")
+    assert res["placement"]["num_gpus"] == 0 and res["backend"] == "cpu" and res["where"]["gpu_ids"] == []
+    local = run_clustering(X, X[:10], params, backend="cpu", use_ray=False)
+    assert local["placement"]["reason"] == "in this process (no Ray)"
+    # same parameters, same seed: the Ray task and this process find the same clusters as SceneClusterer
+    np.testing.assert_array_equal(res["labels"], local["labels"])
+    np.testing.assert_array_equal(res["labels"], fitted[0].labels_)
+    assert res["test_labels"].shape == (10,) and res["test_map"].shape == (10, 2)
+    if not cuml_available()[0]:
+        with pytest.raises(RuntimeError, match="backend='cuml'.*the task had no GPU"):
+            run_clustering(X, None, params, backend="cuml")

@@ -108,7 +108,8 @@ def test_actor_plan_leaves_cpu_headroom(ray_local):
     from imgrestore.embedding.ray_embed import plan_actors
 
     plan = plan_actors()
-    assert plan == {"size": 1, "num_gpus": 0, "num_cpus": 1, "threads": 1}  # 2 CPUs: one actor, one CPU free
+    assert plan == {"size": 1, "num_gpus": 0, "num_cpus": 1, "threads": 1, "batch_size": 16,  # 2 CPUs: one actor,
+                    "decode_batch": 16}  # one CPU free
     assert plan_actors(num_actors=4)["size"] == 1
 
 

@@ -68,6 +68,10 @@ def test_outputs_and_columns(done):
         assert Path(res.paths[key]).is_file(), key
     summary = json.loads(Path(res.paths["summary"]).read_text())
     assert summary["n_embedded"] == len(truth) + len(PHOTOS) and summary["backend"] == "cpu"
+    # clustering ran as a Ray task; the session's local Ray has no GPU, so it asked for none
+    place = summary["cluster_placement"]
+    assert place["num_gpus_requested"] == 0 and place["host"] and "no GPU" in place["reason"]
+    assert place["why_not_cuml"]  # why auto did not pick cuML, resolved on the task's node
     meta = json.loads(Path(res.paths["meta"]).read_text())
     assert meta["embedder"] == "effnet-lite0" and meta["params"]["n_folds"] == 4
 
@@ -96,6 +100,7 @@ def test_mlflow_run_logged(done):
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(res.run_id)
     assert run.data.params["embedder"] == "effnet-lite0" and run.data.params["backend_used"] == "cpu"
+    assert run.data.params["cluster_num_gpus"] == "0" and run.data.params["cluster_host"]
     assert run.data.metrics["n_clusters"] == res.summary["n_clusters"]
     assert "noise_share" in run.data.metrics
     assert client.get_experiment(run.info.experiment_id).name == "preprocess"
@@ -166,6 +171,7 @@ def test_cli_prints_a_summary(done):
                            "--folds", "4", "--tracking-uri", uri], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "up to date, reused" in proc.stdout and "clusters" in proc.stdout
+    assert "cluster backend" in proc.stdout and "cluster placement" in proc.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "pipelines" / "preprocess.py"), "--data", str(data / "nope")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not found" in bad.stderr

@@ -7,6 +7,11 @@
                             preprocess_meta.json, embedding_cache/
     and logs an MLflow run (experiment "preprocess"): params, n_clusters / noise_share, the map, summary, CSVs.
 
+Clustering runs as a Ray task (imgrestore.clustering.placement) that asks for a GPU when the cluster has or can
+add one; `backend` ("auto", "cuml", "cpu": callers such as tune.py pass their --cluster-backend here) is resolved
+on the node that runs that task. The backend used and where it ran are in the summary ("backend",
+"cluster_placement"), the log and the MLflow run (params backend_used, cluster_num_gpus, cluster_host).
+
 Train images are embedded from train_gt (as the original pipeline did), test images from test_input. Paths in
 the CSVs are relative to out_dir ("./train_input/x.png") when the files lie under it, absolute otherwise.
 `is_stale` compares preprocess_meta.json (parameters + a fingerprint of the dataset's files: names, sizes,
@@ -143,12 +148,14 @@ def load_result(out_dir) -> PreprocessResult:
 
 def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backend: str = "auto",
                    n_folds: int = 5, seed: int = 42, tracking_uri: str | None = None,
-                   experiment: str = "preprocess", batch_size: int = 16, num_actors: int | None = None,
+                   experiment: str = "preprocess", batch_size: int | None = None, num_actors: int | None = None,
                    cache_dir=None, force: bool = False, log_mlflow: bool = True, **cluster_params) -> PreprocessResult:
     """Embed, cluster, split and write the outputs (see the module doc). `cluster_params`: n_neighbors,
     min_dist, n_components, random_state, min_cluster_size, min_samples. Up-to-date outputs are reused
-    (`reused=True`) unless `force`."""
-    from imgrestore.clustering import SceneClusterer, cluster_summary, group_folds
+    (`reused=True`) unless `force`. `backend`: the clustering backend, see the module doc. `batch_size`: images
+    per embedding batch (default: 16 on CPU actors, 128 on GPU actors)."""
+    from imgrestore.clustering import cluster_summary, group_folds
+    from imgrestore.clustering.placement import CLUSTER_PARAMS, run_clustering
     from imgrestore.clustering.plots import plot_cluster_map
     from imgrestore.clustering.split import describe_folds
     from imgrestore.embedding.cache import save_embeddings
@@ -177,13 +184,16 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
     X = np.stack(train_emb["embedding"])
 
     t0 = time.perf_counter()
-    clusterer = SceneClusterer(**{k: params[k] for k in ("n_neighbors", "min_dist", "n_components", "random_state",
-                                                         "min_cluster_size", "min_samples")}, backend=backend)
-    labels = clusterer.fit(X).labels_
-    test_map = clusterer.transform(np.stack(test_emb["embedding"])) if len(test_emb) else np.zeros((0, 2))
-    test_labels = clusterer.predict_embedded(test_map)
+    X_test = np.stack(test_emb["embedding"]) if len(test_emb) else None
+    clustered = run_clustering(X, X_test, {k: params[k] for k in CLUSTER_PARAMS}, backend=backend)
+    labels, test_map, test_labels = clustered["labels"], clustered["test_map"], clustered["test_labels"]
     cluster_s = time.perf_counter() - t0
-    log.info("scene clusters done with backend %s in %.1fs", clusterer.backend_, cluster_s)
+    where = clustered["where"]
+    placement = {"num_gpus_requested": clustered["placement"]["num_gpus"], "reason": clustered["placement"]["reason"],
+                 "host": where["host"], "gpu_ids": where["gpu_ids"], "why_not_cuml": where.get("why_not_cuml")}
+    log.info("scene clusters done with backend %s on %s (%d GPU requested: %s) in %.1fs%s", clustered["backend"],
+             where["host"], placement["num_gpus_requested"], placement["reason"], cluster_s,
+             f"; not cuML: {placement['why_not_cuml']}" if placement["why_not_cuml"] else "")
     try:
         folds = group_folds(labels, n_folds, seed)
         fold_note = None
@@ -199,12 +209,13 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
                          "input_img_path": [_rel(p, data_dir) for p in ds.test["input_path"]], "cluster": test_labels})
     write_csv(paths["train_csv"], train)
     write_csv(paths["test_csv"], test)
-    plot_cluster_map(clusterer.embedding_, labels, paths["cluster_map"], image_paths=train_paths,
-                     test_embedding=test_map, title=f"Scene clusters ({params['embedder']}, {clusterer.backend_})")
+    plot_cluster_map(clustered["embedding"], labels, paths["cluster_map"], image_paths=train_paths,
+                     test_embedding=test_map, title=f"Scene clusters ({params['embedder']}, {clustered['backend']})")
 
     fold_stats = describe_folds(labels, folds)  # per fold: images, clusters, noise, largest cluster's share
-    summary = {**cluster_summary(labels), "embedder": params["embedder"], "backend": clusterer.backend_,
-               "params": params, "effective_params": clusterer.params_, "adjustments": clusterer.adjustments_,
+    summary = {**cluster_summary(labels), "embedder": params["embedder"], "backend": clustered["backend"],
+               "cluster_placement": placement,
+               "params": params, "effective_params": clustered["params"], "adjustments": clustered["adjustments"],
                "n_train": len(train), "n_test": len(test), "n_folds": int(folds.max()) + 1,
                "fold_sizes": np.bincount(folds).tolist(), "fold_note": fold_note,
                "fold_clusters": [d["clusters"] for d in fold_stats], "fold_noise": [d["noise"] for d in fold_stats],
@@ -214,7 +225,7 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
                "embed_seconds": round(embed_s, 3), "cluster_seconds": round(cluster_s, 3)}
     write_text(paths["summary"], json.dumps(summary, indent=2))
     run_id = _log_mlflow(summary, paths, tracking_uri, experiment, data_dir) if log_mlflow else None
-    meta = {"version": VERSION, "params": params, "fingerprint": fingerprint, "backend": clusterer.backend_,
+    meta = {"version": VERSION, "params": params, "fingerprint": fingerprint, "backend": clustered["backend"],
             "embedder": params["embedder"], "data_dir": str(data_dir.resolve()), "run_id": run_id,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_text(paths["meta"], json.dumps(meta, indent=2))
@@ -229,10 +240,12 @@ def _log_mlflow(summary: dict, paths: dict, tracking_uri, experiment: str, data_
     uri = setup_tracking(tracking_uri)
     exp_id = get_or_create_experiment(experiment, uri)
     with mlflow.start_run(experiment_id=exp_id, run_name="preprocess") as run:
+        place = summary["cluster_placement"]
         mlflow.set_tags({"stage": "preprocess", "data_dir": str(data_dir.resolve()), "backend": summary["backend"],
-                         "embedder": summary["embedder"]})
+                         "embedder": summary["embedder"], "cluster_host": place["host"]})
         eff = summary["effective_params"]
         mlflow.log_params({**{k: str(v) for k, v in summary["params"].items()}, "backend_used": summary["backend"],
+                           "cluster_num_gpus": place["num_gpus_requested"], "cluster_host": place["host"],
                            "n_neighbors_used": eff["n_neighbors"], "min_cluster_size_used": eff["min_cluster_size"],
                            "n_train": summary["n_train"], "n_test": summary["n_test"]})
         mlflow.log_metrics({k: float(summary[k]) for k in (

@@ -7,7 +7,10 @@ Backends, same parameters on both:
 * ``"auto"`` (default): cuML when it imports and a GPU is visible, else cpu.
 
 Forcing ``"cuml"`` where it cannot run raises a RuntimeError; nothing falls back silently, and the backend used
-is logged and kept in ``backend_``.
+is logged and kept in ``backend_``. cuML is asked for NumPy output explicitly (``output_type="numpy"`` and
+``cuml.using_output_type("numpy")``): its default follows the input type, and a CuPy array leaking out would
+break ``np.asarray`` and pickling to a CPU-only driver. Where this runs (a Ray task on a GPU node or not) is
+decided by :mod:`imgrestore.clustering.placement`.
 
 Small inputs: UMAP needs ``n_neighbors < n_samples`` and a few more points than output dimensions, HDBSCAN a
 cluster size no larger than the data. ``n_neighbors`` is clipped to ``n - 1`` (at least 2) and
@@ -16,6 +19,7 @@ map instead) and every point is noise. Each adjustment is logged and listed in `
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -52,6 +56,15 @@ def resolve_backend(backend: str = "auto") -> str:
         raise RuntimeError(f"backend='cuml' was requested but cannot run: {why}. Install RAPIDS cuML on a GPU "
                            "machine (pip install 'imgrestore[gpu]', i.e. cuml-cu12) or use backend='cpu' / 'auto'.")
     return "cuml" if ok else "cpu"
+
+
+def _numpy_out(backend: str):
+    """Context in which cuML returns NumPy arrays (a no-op for the CPU libraries)."""
+    if backend != "cuml":
+        return contextlib.nullcontext()
+    import cuml
+
+    return cuml.using_output_type("numpy")
 
 
 class SceneClusterer:
@@ -119,16 +132,18 @@ class SceneClusterer:
         if self.backend_ == "cuml":
             from cuml.cluster import HDBSCAN
             from cuml.manifold import UMAP
+
+            umap_kw["output_type"] = hdb_kw["output_type"] = "numpy"
         else:
             from hdbscan import HDBSCAN
             from umap import UMAP
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _numpy_out(self.backend_):
             warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")  # random_state => 1 thread
             warnings.filterwarnings("ignore", message=".*not fully connected.*")  # separate scenes: expected
             self.reducer_ = UMAP(**umap_kw)
             self.embedding_ = np.asarray(self.reducer_.fit_transform(X), dtype=np.float32)
-        self.clusterer_ = HDBSCAN(**hdb_kw).fit(self.embedding_)
-        self.labels_ = np.asarray(self.clusterer_.labels_).astype(int)
+            self.clusterer_ = HDBSCAN(**hdb_kw).fit(self.embedding_)
+            self.labels_ = np.asarray(self.clusterer_.labels_).astype(int)
         return self
 
     def fit_predict(self, X) -> np.ndarray:
@@ -156,7 +171,7 @@ class SceneClusterer:
             return np.zeros((0, self.n_components), np.float32)
         if self.clusterer_ is None:
             return self._pca_map(X_new)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _numpy_out(self.backend_):
             warnings.simplefilter("ignore")
             return np.asarray(self.reducer_.transform(X_new), dtype=np.float32)
 
@@ -179,7 +194,8 @@ class SceneClusterer:
         except ImportError:
             approximate_predict = None
         if approximate_predict is not None:
-            labels, _ = approximate_predict(self.clusterer_, emb)
+            with _numpy_out("cuml"):
+                labels, _ = approximate_predict(self.clusterer_, emb)
             return np.asarray(labels).astype(int)
         return self.nearest_labels(emb)
 

@@ -5,5 +5,7 @@ from imgrestore.embedding.embedders import (  # noqa: F401
     Embedder,
     EmbedderError,
     create_embedder,
+    create_preparer,
     normalize_spec,
+    random_clip_embedder,
 )
