@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="DACON dataset (default: the embedded dataset)")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--models", default="ycbcr_unet,two_stage_unet")
+    p.add_argument("--models", default="unet,two_stage_unet")
     p.add_argument("--write-docs", help="add/replace the '## Prefill ablation' section of this markdown file")
     args = p.parse_args(argv)
     torch.set_num_threads(2)

@@ -3,28 +3,31 @@
     python pipelines/tune.py                                   # embedded default: bundled photos, CPU space
     python pipelines/tune.py --data DIR --space search_spaces/dacon.yaml
     python pipelines/tune.py --resume latest                   # continue the last interrupted search
+
+Every search also scores the classical restorers (input copy, OpenCV Telea / Navier-Stokes, FSR) on the
+trials' validation images; the champion is the best trial unless one of them scores higher, and the summary
+states its margin. Bad input: `error: <message>` on stderr, exit status 2. Ctrl-C: exit status 130, nothing
+registered or written, and the command that resumes the search.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-import ray
-from mlflow.tracking import MlflowClient
-
-from imgrestore.data.dacon import load_dataset
-from imgrestore.data.embedded import embedded_dataset
-from imgrestore.preprocess import run_preprocess
-from imgrestore.submission.predict import write_submission
-from imgrestore.tracking import setup_tracking
-from imgrestore.tracking.champion import load_restorer, log_champion
-from imgrestore.tuning.search import best_checkpoint, latest_experiment, run_search
-from imgrestore.tuning.space import load_space
-from imgrestore.tuning.summary import SCORE_KEYS, summary_text, trials_table
+from imgrestore.data.io import ImageReadError
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def parse_args(argv=None):
@@ -40,71 +43,149 @@ def parse_args(argv=None):
                    "for --data, effnet-lite0 for the embedded dataset)")
     p.add_argument("--preprocess-out", help="where preprocess writes its CSVs (default: the data folder)")
     p.add_argument("--ray-address", help="connect to a running Ray cluster (default: start a local one)")
-    p.add_argument("--num-samples", type=int, help="override the space's num_samples")
+    p.add_argument("--num-samples", type=positive_int, help="override the space's num_samples")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    tracking_uri = setup_tracking(args.tracking_uri)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was registered or written", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ImageReadError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from imgrestore.data.dacon import load_dataset
+    from imgrestore.data.embedded import embedded_dataset
+    from imgrestore.preprocess import run_preprocess
+    from imgrestore.tracking import setup_tracking
+    from imgrestore.tuning.search import SearchInterrupted, latest_experiment, run_search
+    from imgrestore.tuning.space import check_space, load_space
+    from imgrestore.tuning.summary import trials_table
+
+    # Everything a trial would trip on is checked here, before Ray or preprocess start.
     space = load_space(args.space)
     if args.num_samples:
         space.num_samples = args.num_samples
+    check_space(space)
+    resume = None
+    if args.resume:
+        resume = latest_experiment(args.storage, space.name) if args.resume == "latest" else args.resume
+        if resume is None:
+            raise FileNotFoundError(f"no experiment of space '{space.name}' to resume under {args.storage}")
+    tracking_uri = setup_tracking(args.tracking_uri)
     data_dir = Path(args.data) if args.data else embedded_dataset()
-    dataset = load_dataset(data_dir)  # validates every file before any work starts
+    dataset = load_dataset(data_dir)  # validates (fully decodes) every file before any work starts
     ray.init(address=args.ray_address, ignore_reinit_error=True)
 
     # 1. preprocess: embeddings -> scene clusters -> leakage-free folds (skipped when up to date)
     embedder = args.embedder or ("effnet-lite0" if not args.data else "clip:geolocal/StreetCLIP")
     pre = run_preprocess(data_dir, args.preprocess_out, embedder=embedder, tracking_uri=tracking_uri)
     print(f"preprocess: {'up to date, reused' if pre.reused else 'done'} ({pre.embedder}, {pre.backend}): "
-          f"{pre.summary.get('n_clusters')} clusters, noise {pre.summary.get('noise_share', 0):.0%}")
+          f"{pre.summary.get('n_clusters')} clusters, noise {pre.summary.get('noise_share', 0):.0%}; "
+          f"validation fold 0: {(pre.summary.get('fold_sizes') or ['?'])[0]} images from "
+          f"{(pre.summary.get('fold_clusters') or ['?'])[0]} clusters")
     space.config = {**space.config, "preproc_csv": pre.paths["train_csv"]}
 
-    # 2. search
-    resume = None
-    if args.resume:
-        resume = latest_experiment(args.storage, space.name) if args.resume == "latest" else args.resume
-        if resume is None:
-            print(f"error: no experiment of space '{space.name}' to resume under {args.storage}", file=sys.stderr)
-            return 2
-    outcome = run_search(space, data_dir, args.storage, tracking_uri, resume=resume, seed=args.seed,
-                         artifacts=[space.source, pre.paths["cluster_map"], pre.paths["summary"]])
+    # 2. search (the classical restorers are scored first, on the same validation images)
+    try:
+        outcome = run_search(space, data_dir, args.storage, tracking_uri, resume=resume, seed=args.seed,
+                             artifacts=[space.source, pre.paths["cluster_map"], pre.paths["summary"]])
+    except SearchInterrupted as e:
+        print(f"\ninterrupted: nothing was registered or written. Resume with:\n  python pipelines/tune.py "
+              f"{' '.join(_resume_args(args, e.experiment_dir))}", file=sys.stderr)
+        return 130
     print(trials_table(outcome.results, space.metric, space.mode))
 
     client = MlflowClient(tracking_uri)
     try:
-        return finish(args, space, outcome, dataset, client, tracking_uri)
-    except RuntimeError as e:  # no trial reported a score or left a checkpoint: the errors are above
-        client.set_terminated(outcome.parent_run_id, "FAILED")
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return finish(args, space, outcome, dataset, client, tracking_uri, pre.paths["train_csv"])
     except BaseException:
         client.set_terminated(outcome.parent_run_id, "FAILED")
         raise
 
 
-def finish(args, space, outcome, dataset, client, tracking_uri) -> int:
-    # 3. champion: the best checkpoint of the best trial, registered with the alias `champion`
-    best, checkpoint, best_epoch = best_checkpoint(outcome.results, space.metric, space.mode)
-    with checkpoint.as_directory() as ckpt_dir:
-        model_uri, version = log_champion(ckpt_dir, outcome.parent_run_id,
-                                          args.model_name or f"imgrestore-{space.name}", tracking_uri)
+def _resume_args(args, experiment_dir) -> list[str]:
+    out = ["--resume", str(experiment_dir), "--space", args.space]
+    for flag in ("data", "storage", "tracking_uri", "out", "model_name", "embedder", "preprocess_out"):
+        value = getattr(args, flag)
+        if value is not None and not (flag == "storage" and value == "runs") and not (flag == "out" and
+                                                                                      value == "submission.zip"):
+            out += [f"--{flag.replace('_', '-')}", str(value)]
+    return out
+
+
+def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> int:
+    from imgrestore.models import create_model
+    from imgrestore.submission.predict import write_submission
+    from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
+    from imgrestore.tracking.tune_callback import TRIAL_TAG
+    from imgrestore.training.checkpoint import save_model
+    from imgrestore.tuning.baselines import pick_champion, validation_config
+    from imgrestore.tuning.search import best_checkpoint
+    from imgrestore.tuning.summary import SCORE_KEYS, champion_text, summary_text
+
+    # 3. champion: the best checkpoint of the best trial, unless a classical restorer beats it on validation
+    try:
+        best, checkpoint, best_epoch = best_checkpoint(outcome.results, space.metric, space.mode)
+        trial_score, trial_id = float(best_epoch[space.metric]), best_epoch.get("trial_id")
+    except RuntimeError as e:  # no trial reported or left a checkpoint: say why, fall back to the classical
+        print(f"warning: {e}", file=sys.stderr)
+        best, checkpoint, best_epoch, trial_score, trial_id = None, None, {}, None, None
+    choice = pick_champion(trial_score, trial_id, outcome.baselines)
+    val = validation_config(space.config)
+    fingerprint = validation_fingerprint(Path(split_csv).read_text(), val["val_fold"], val["image_size"],
+                                         val["max_val_images"])
+    name = args.model_name or f"imgrestore-{space.name}"
+    with tempfile.TemporaryDirectory(prefix="imgrestore-champion-") as tmp:
+        if choice.kind == "trial":
+            run_id = _trial_run(client, outcome, trial_id, TRIAL_TAG) or outcome.parent_run_id
+            ckpt_ctx = checkpoint.as_directory()
+            what = (f"{best.config['model']['name']} from trial {trial_id}, epoch {best_epoch.get('epoch')}; "
+                    f"margin over the best classical restorer ({choice.best_classical}): {choice.margin:+.4f}")
+        else:
+            run_id = outcome.parent_run_id
+            ckpt_ctx = contextlib.nullcontext(save_model(create_model(choice.name), Path(tmp) / choice.name))
+            what = (f"classical restorer {choice.name}: no trial beat it on validation (best trial "
+                    f"{'none' if trial_score is None else f'{trial_score:.4f}'})")
+        description = f"validation score {choice.score:.4f}; {what}"
+        with ckpt_ctx as ckpt_dir:
+            model_uri, version, alias = log_champion(ckpt_dir, run_id, name, tracking_uri, choice.score, fingerprint,
+                                                     description, tags={"search_run": outcome.parent_run_id,
+                                                                        "kind": choice.kind, "source": choice.name})
 
     # 4. submission from the registered champion, checked, logged
     model = load_restorer(model_uri, tracking_uri)
     zip_path = write_submission(model, dataset.test, args.out)
     client.log_artifact(outcome.parent_run_id, str(zip_path))
     best_metrics = {f"best_{k}": float(best_epoch[k]) for k in SCORE_KEYS if k in best_epoch}
-    for k, v in best_metrics.items():
+    for k, v in {**best_metrics, "champion_val_score": choice.score, "champion_margin": choice.margin}.items():
         client.log_metric(outcome.parent_run_id, k, v)
     client.set_tag(outcome.parent_run_id, "best_trial_id", best_epoch.get("trial_id", ""))
+    client.set_tag(outcome.parent_run_id, "champion", f"{choice.kind}: {choice.name} (version {version})")
     client.set_terminated(outcome.parent_run_id, "FINISHED")
-    print(summary_text(best_epoch, best.config, zip_path.resolve(), model_uri, version, outcome.experiment_dir,
-                       tracking_uri))
-    print(json.dumps({"submission": str(zip_path.resolve()), "champion": model_uri, **best_metrics}))
+    if best is not None:
+        print(summary_text(best_epoch, best.config, outcome.experiment_dir, tracking_uri))
+    print(champion_text(choice, outcome.baselines, model_uri, version, alias, zip_path.resolve()))
+    print(json.dumps({"submission": str(zip_path.resolve()), "champion": model_uri, "version": version,
+                      "champion_kind": choice.kind, "champion_val_score": choice.score,
+                      "margin_over_classical": choice.margin, "alias_moved": alias.moved, **best_metrics}))
     return 0
+
+
+def _trial_run(client, outcome, trial_id, tag) -> str | None:
+    runs = client.search_runs([outcome.experiment_id], f"tags.{tag} = '{trial_id}' and "
+                              f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    return runs[0].info.run_id if runs else None
 
 
 if __name__ == "__main__":

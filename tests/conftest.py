@@ -34,7 +34,8 @@ resources: {cpu: 1}
 max_failures: 2
 config:
   model:
-    name: {choice: [unet, ycbcr_unet]}
+    name: {choice: [unet, two_stage_unet]}
+    chroma: {choice: [regression, classification]}
     base_channels: 4
     depth: 2
   loss: {l1: 1.0, hue_hist: {choice: [0.0, 0.1]}}

@@ -18,7 +18,7 @@ from imgrestore.training.checkpoint import save_model
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return create_model("ycbcr_unet", base_channels=4, depth=2).eval()
+    return create_model("unet", base_channels=4, depth=2).eval()
 
 
 def test_submission_is_complete_and_checked(tiny_dacon, tiny_model, tmp_path):

@@ -111,3 +111,59 @@ def test_resume_continues_exactly(tiny_dacon, preproc_csv, tmp_path):
 def test_unknown_config_key_is_an_error(tiny_dacon, preproc_csv):
     with pytest.raises(KeyError, match="lerning_rate"):
         train({**config(tiny_dacon, preproc_csv), "lerning_rate": 1}, lambda m, c: None)
+
+
+def _learning_run(tiny_dacon, tmp_path, monkeypatch, no_op: bool, epochs: int) -> tuple[float, float]:
+    """Train a tiny model on 6 images and score it on those same images: (score after, untrained score).
+
+    The untrained model returns its Telea prefill as a gray image (zero-initialised heads): already better
+    than the input copy, so it is the bar. `no_op`: the optimizer's step does nothing.
+    """
+    from imgrestore.models import create_model
+    from imgrestore.training.evaluate import evaluate
+
+    train_csv = pd.read_csv(tiny_dacon / "train.csv").head(6)
+    frame = pd.concat([train_csv.assign(fold=0), train_csv.assign(fold=1)])  # validate on the training images
+    csv = tmp_path / f"own-{no_op}.csv"
+    frame.assign(cluster=0).to_csv(csv, index=False)
+    model = {"name": "unet", "base_channels": 8, "depth": 2}
+    _, val = read_split(str(tiny_dacon), str(csv), 0)
+    untrained, _ = evaluate(create_model(**model), RestorationDataset(val), "cpu", 6, 0, calibrate=False)
+    if no_op:
+        monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, closure=None: None)
+    cfg = {"data_dir": str(tiny_dacon), "preproc_csv": str(csv), "val_fold": 0, "image_size": None, "model": model,
+           "loss": {"l1": 1.0}, "batch_size": 6, "epochs": epochs, "lr": 1e-2, "warmup_frac": 0.0,
+           "weight_decay": 0.0, "grad_clip": 0.0, "max_val_images": 6, "extra_damage": 0.0, "flip": False,
+           "calibrate_gain": False, "n_samples_grid": 0}
+    seen = []
+    torch.manual_seed(0)
+    train(cfg, lambda metrics, ckpt: seen.append(metrics))
+    return seen[-1]["score"], untrained["score"]
+
+
+def learned(after: float, untrained: float) -> bool:
+    """The check: training added at least 0.03 to the competition score (the untrained model scores ~0.38)."""
+    return after > untrained + 0.03
+
+
+def test_training_learns_and_a_no_op_optimizer_fails_the_test(tiny_dacon, tmp_path, monkeypatch):
+    """A short run must beat the untrained model (the classical prefill) on its own images; with an optimizer
+    that never steps, the same check must fail."""
+    after, untrained = _learning_run(tiny_dacon, tmp_path, monkeypatch, no_op=False, epochs=60)
+    assert learned(after, untrained), (after, untrained)
+    after, untrained = _learning_run(tiny_dacon, tmp_path, monkeypatch, no_op=True, epochs=8)
+    assert not learned(after, untrained), (after, untrained)
+    assert abs(after - untrained) < 1e-9  # nothing learnt: exactly the untrained model's score
+
+
+def test_classical_model_is_evaluated_once(tiny_dacon, preproc_csv):
+    seen = []
+    train(config(tiny_dacon, preproc_csv, model={"name": "telea"}, epochs=5), lambda m, c: seen.append(m))
+    assert [m["epoch"] for m in seen] == [1] and seen[0]["train_loss"] == 0 and "chroma_gain" not in seen[0]
+
+
+def test_amp_setting_is_checked(tiny_dacon, preproc_csv):
+    with pytest.raises(ValueError, match="amp must be one of"):
+        train(config(tiny_dacon, preproc_csv, amp="fp8"), lambda m, c: None)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        train(config(tiny_dacon, preproc_csv, epochs=-1), lambda m, c: None)

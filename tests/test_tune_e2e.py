@@ -6,6 +6,7 @@ trial killed mid-search resumes from its checkpoint without a duplicated MLflow 
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -54,6 +55,9 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "Best trial" in out and "submission.zip" in out and "models:/imgrestore-tiny@champion" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    for name in ("input_copy", "telea", "navier_stokes", "fsr"):  # measured beside the trials, in the summary
+        assert f"  {name} " in out
 
     client = MlflowClient(uri)
     assert client.get_experiment_by_name("preprocess") is not None
@@ -63,21 +67,32 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
     parents = client.search_runs([exp.experiment_id], "tags.`imgrestore.stage` = 'tune'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    assert {"best_score", "best_ssim", "best_masked_ssim", "best_hist_sim"} <= set(parent.data.metrics)
+    assert {"best_score", "best_ssim", "best_masked_ssim", "best_hist_sim", "champion_val_score",
+            "champion_margin", "baseline_telea_score", "baseline_fsr_score"} <= set(parent.data.metrics)
+    baselines = {k: v for k, v in parent.data.metrics.items() if k.startswith("baseline_") and k.endswith("_score")}
+    # the champion is never below the best classical restorer on the same validation images
+    assert parent.data.metrics["champion_val_score"] >= max(baselines.values()) - 1e-12
+    assert summary["margin_over_classical"] == pytest.approx(parent.data.metrics["champion_margin"])
     kids = children(client, exp.experiment_id, parent.info.run_id)
     assert len(kids) == 2
     for kid in kids:
         assert kid.info.status == "FINISHED"
-        assert kid.data.params["model.name"] in ("unet", "ycbcr_unet")
+        assert kid.data.params["model.name"] in ("unet", "two_stage_unet")
         history = client.get_metric_history(kid.info.run_id, "score")
         assert sorted(m.step for m in history) == [1, 2]
         images = [a.path for a in client.list_artifacts(kid.info.run_id, "images")]
         assert images, "the validation restoration grid is logged as an MLflow image"
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"submission.zip", "cluster_map.png", "tiny.yaml"} <= parent_files
+    assert {"submission.zip", "cluster_map.png", "tiny.yaml", "baselines.md"} <= parent_files
 
     version = client.get_model_version_by_alias("imgrestore-tiny", "champion")
-    assert version.run_id == parent.info.run_id
+    if summary["champion_kind"] == "trial":  # logged on the winning trial's run: its lineage
+        kid = next(k for k in kids if k.info.run_id == version.run_id)
+        assert kid.data.tags["champion"].startswith("imgrestore-tiny version")
+    else:  # a classical restorer won: logged on the search's run
+        assert version.run_id == parent.info.run_id
+    assert float(version.tags["val_score"]) == pytest.approx(summary["champion_val_score"], abs=1e-6)
+    assert "margin" in version.description or "no trial beat it" in version.description
     assert check_submission(workdir / "submission.zip", load_dataset(workdir / "data").test) == 6
 
     # a second invocation reuses the preprocess outputs instead of recomputing them
@@ -140,5 +155,43 @@ def test_data_parallel_trial_through_ray_train(workdir, tmp_path):
     assert outcome.results[0].metrics["epoch"] == 2
     best, checkpoint, row = best_checkpoint(outcome.results, "score", "max")
     with checkpoint.as_directory() as d:
-        assert load_model(d).name in ("unet", "ycbcr_unet")
+        assert load_model(d).name in ("unet", "two_stage_unet")
     assert row["score"] == max(best.metrics_dataframe["score"])
+
+
+def test_ctrl_c_exits_130_and_registers_nothing(workdir, tmp_path):
+    """SIGINT mid-search: exit 130, no model registered, no zip written, the runs KILLED, the resume
+    command printed."""
+    import subprocess
+    import time
+
+    space = workdir / "long.yaml"
+    space.write_text((workdir / "tiny.yaml").read_text().replace("name: tiny", "name: tinylong")
+                     .replace("epochs: 2", "epochs: 40"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "submission.zip"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "tune.py"), "--data", str(workdir / "data"),
+                             "--space", str(space), "--embedder", "effnet-lite0", "--tracking-uri", uri,
+                             "--out", str(out), "--storage", str(tmp_path / "runs")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(uri)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # wait for a trial to report its first epoch
+        try:
+            exp = client.get_experiment_by_name("tinylong")
+            if exp and any("score" in r.data.metrics for r in client.search_runs(
+                    [exp.experiment_id], "tags.`mlflow.parentRunId` != ''")):
+                break
+        except Exception:  # noqa: BLE001 - the store is being created by the other process
+            pass
+        time.sleep(2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, (stdout[-2000:], stderr[-3000:])
+    assert "--resume" in stderr and not out.exists()
+    assert not client.search_registered_models("name = 'imgrestore-tinylong'")
+    runs = client.search_runs([client.get_experiment_by_name("tinylong").experiment_id])
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    parent = next(r for r in runs if r.data.tags.get("imgrestore.stage") == "tune")
+    assert parent.info.status == "KILLED"

@@ -443,3 +443,24 @@ def build_loss(spec: Mapping[str, float | Mapping]) -> CompositeLoss:
     ``{"weight": w, **kwargs}`` to pass options to that loss.
     """
     return CompositeLoss(spec)
+
+
+# --------------------------------------------------------------------------- chroma classes (colourisation)
+
+
+def chroma_class_loss(logits: Tensor, target_rgb: Tensor, bins, class_weights: Tensor | None = None) -> Tensor:
+    """Rebalanced cross-entropy of chroma-class logits (Zhang et al. 2016), for ``chroma="classification"``.
+
+    ``logits`` (B,Q,h,w) at the model's chroma resolution; the target's (Cb, Cr) is area-averaged down to it and
+    soft-encoded over the 4 nearest classes (``ChromaBins.soft_targets``). ``class_weights`` (Q,) from
+    ``ChromaBins.rebalance_weights``: each pixel is weighted by its dominant class, so rare saturated colours
+    count as much as the common desaturated ones (without it the classifier, too, drifts to gray).
+    """
+    from imgrestore.models.color import rgb_to_chroma
+
+    chroma = F.interpolate(rgb_to_chroma(target_rgb.float()), size=logits.shape[-2:], mode="area")
+    target = bins.soft_targets(chroma)
+    ce = -(target * F.log_softmax(logits.float(), dim=1)).sum(1)
+    if class_weights is not None:
+        ce = ce * class_weights.to(ce.device)[target.argmax(1)]
+    return ce.mean()

@@ -4,20 +4,30 @@ timm-style registry: ``create_model(name, **kwargs)``, ``list_models()``,
 ``register_model``. One file per family; importing this package registers all
 of them.
 
-Common interface of every model::
+Common interface of every model (``models.base.Restorer``)::
 
     rgb = model(gray, mask)   # gray, mask: (B,1,H,W) float, gray in [0,1], mask in {0,1}
-                              # rgb: (B,3,H,W) in [0,1]; any H, W (padded inside, cropped back)
+                              # rgb: (B,3,H,W) in [0,1]; any H, W (padded inside, cropped back);
+                              # its luma equals `gray` outside the mask (exactly at uint8 with color.lock_luma)
     model.config              # plain-data kwargs: create_model(model.name, **model.config) rebuilds it
     model.name                # registered name (set by create_model)
 
-Families: ``unet``, ``two_stage_unet`` (``forward(..., return_aux=True)`` ->
-``(rgb, gray_inpainted)``), ``ycbcr_unet`` / alias ``lab_unet`` (keeps known
-luma exactly), ``effnet_unet`` (pretrained EfficientNet-Lite0 encoder).
+Learned families: ``unet``, ``two_stage_unet``, ``effnet_unet`` (pretrained
+EfficientNet-Lite0 encoder); each fills the hole classically first (``prefill``)
+and predicts chroma by regression or by classification over colour bins
+(``chroma``). Classical restorers, no parameters: ``input_copy``, ``telea``,
+``navier_stokes``, ``fsr``.
 """
 
 from .registry import create_model, is_model, list_models, register_model
-from . import effnet_unet, two_stage_unet, unet, ycbcr_unet  # noqa: F401  (registers the families)
-from .ycbcr_unet import rgb_to_luma, rgb_to_ycbcr, ycbcr_to_rgb
+from . import classical, effnet_unet, two_stage_unet, unet  # noqa: F401  (registers the families)
+from .color import rgb_to_luma, rgb_to_ycbcr, ycbcr_to_rgb
 
-__all__ = ["create_model", "is_model", "list_models", "register_model", "rgb_to_luma", "rgb_to_ycbcr", "ycbcr_to_rgb"]
+
+def is_trainable(model) -> bool:
+    """False for the classical restorers (nothing to train)."""
+    return any(p.requires_grad for p in model.parameters())
+
+
+__all__ = ["create_model", "is_model", "is_trainable", "list_models", "register_model", "rgb_to_luma",
+           "rgb_to_ycbcr", "ycbcr_to_rgb"]

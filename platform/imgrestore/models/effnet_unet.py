@@ -41,8 +41,9 @@ Skip features: strides 2/4/8/16/32 = outputs of blocks 0/2/4/10/15
 (16/24/40/112/320 channels). ``depth`` (1..5) is how many of these stages
 are used (5 = the whole encoder, minus the classifier head).
 
-Output: ``output="residual"`` (default, RGB = straight-through clamp of gray
-+ head) or ``"sigmoid"``; see ``layers.apply_output``.
+Output: the decoder's full-resolution features feed the heads of
+``models.base.Restorer`` (luma residual in the hole, chroma everywhere, the
+known gray kept exactly).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import UpBlock, apply_output, check_inputs, fill_hole, crop_to, pad_to_multiple
+from .base import Restorer
+from .layers import UpBlock
 from .registry import register_model
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0.
@@ -189,26 +191,27 @@ class EfficientNetLite0Encoder(nn.Module):
         self.load_state_dict(wanted, strict=True)
 
 
-class EffNetUNet(nn.Module):
+class EffNetUNet(Restorer):
     def __init__(self, base_channels: int = 16, depth: int = 5, pretrained: bool = True, norm: str = "batch",
-                 act: str = "relu", max_channels: int = 256, output: str = "residual",
-                 normalization: str = "tf", prefill: bool = True):
-        super().__init__()
-        self.config = dict(base_channels=base_channels, depth=depth, pretrained=pretrained, norm=norm, act=act,
-                           max_channels=max_channels, output=output, normalization=normalization,
-                           prefill=prefill)
-        apply_output(torch.zeros(1), torch.zeros(1), output)  # validate early
+                 act: str = "relu", max_channels: int = 256, normalization: str = "tf", freeze_encoder: bool = False,
+                 **common):
+        super().__init__(**common)
+        self.config.update(base_channels=base_channels, depth=depth, pretrained=pretrained, norm=norm, act=act,
+                           max_channels=max_channels, normalization=normalization, freeze_encoder=freeze_encoder)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
         mean, std = NORMALIZATIONS[normalization]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.output = output
         self.multiple = 2**depth
 
         self.encoder = EfficientNetLite0Encoder(depth)
         if pretrained:
             self.encoder.load_pretrained()
+        # Frozen: the ImageNet features stay as they are (weights and BatchNorm statistics); with a few hundred
+        # photos fine-tuning them mostly forgets, and a frozen encoder needs no backward pass (CPU training).
+        self.freeze_encoder = bool(freeze_encoder)
+        self.encoder.requires_grad_(not self.freeze_encoder)
         self.mask_stem = SameConv2d(1, 32, 3, stride=2)
         nn.init.zeros_(self.mask_stem.weight)
 
@@ -221,20 +224,22 @@ class EffNetUNet(nn.Module):
             skip_ch = enc[i - 1] if i > 0 else 2  # full-resolution skip: gray + mask
             self.decoders.append(UpBlock(in_ch, skip_ch, dec[i], norm, act))
             in_ch = dec[i]
-        self.head = nn.Conv2d(dec[0], 3, 1)
+        self.build_heads(dec[0], act)
 
-    def forward(self, gray: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        check_inputs(gray, mask)
-        gray = fill_hole(gray, mask) if self.config["prefill"] else gray
-        x, size = pad_to_multiple(torch.cat([gray, mask], dim=1), self.multiple)
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def features(self, x):
         g, m = x[:, :1], x[:, 1:]
         feats = self.encoder((g.expand(-1, 3, -1, -1) - self.mean) / self.std, self.mask_stem(m))
         skips = [x] + feats[:-1]
         y = feats[-1]
         for dec in self.decoders:
             y = dec(y, skips.pop())
-        raw = crop_to(self.head(y), size)
-        return apply_output(raw, gray, self.output)
+        return y
 
 
 @register_model

@@ -74,11 +74,11 @@ def unet_channels(base_channels: int, depth: int, max_channels: int) -> list[int
 class UNetBody(nn.Module):
     """Plain U-Net: ``depth`` max-pool downsamplings, bilinear upsampling.
 
-    Input (B, in_ch, H, W) with H, W multiples of 2**depth -> (B, out_ch, H, W)
-    raw (un-activated) output of a final 1x1 conv.
+    Input (B, in_ch, H, W) with H, W multiples of 2**depth -> (B, base_channels, H, W) features of the last
+    decoder block (``out_channels``); the heads that read them live in ``models.base.Restorer``.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, base_channels: int = 32, depth: int = 4,
+    def __init__(self, in_ch: int, base_channels: int = 32, depth: int = 4,
                  norm: str = "batch", act: str = "relu", max_channels: int = 512):
         super().__init__()
         if depth < 1:
@@ -91,7 +91,7 @@ class UNetBody(nn.Module):
         self.decoders = nn.ModuleList(
             [UpBlock(ch[i + 1], ch[i], ch[i], norm, act) for i in reversed(range(depth))]
         )
-        self.head = nn.Conv2d(ch[0], out_ch, 1)
+        self.out_channels = ch[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -101,7 +101,7 @@ class UNetBody(nn.Module):
         x = skips.pop()
         for dec in self.decoders:
             x = dec(x, skips.pop())
-        return self.head(x)
+        return x
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -129,41 +129,6 @@ def clamp01_st(x: torch.Tensor) -> torch.Tensor:
     straight-through version keeps pulling it towards the target.
     """
     return x + (x.clamp(0.0, 1.0) - x).detach()
-
-
-def apply_output(raw: torch.Tensor, gray: torch.Tensor, output: str) -> torch.Tensor:
-    """Turn a raw 3-channel head into RGB in [0, 1].
-
-    ``"residual"``: RGB = clamp(gray + raw) (straight-through clamp); at
-    initialisation the model already outputs roughly the gray image, a strong
-    SSIM baseline. ``"sigmoid"``: RGB = sigmoid(raw).
-    """
-    if output == "residual":
-        return clamp01_st(gray + raw)
-    if output == "sigmoid":
-        return torch.sigmoid(raw)
-    raise ValueError(f"output must be 'residual' or 'sigmoid', got {output!r}")
-
-
-def fill_hole(gray: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Push-pull fill: masked pixels get a smooth estimate from the known pixels around them.
-
-    The lost region arrives as one flat gray value (anything from 0 to ~100), which tells the network
-    nothing and makes a residual head start far from the truth. Pull: average known values and their
-    weights down an image pyramid; push: from the coarsest level up, keep each level's own average where
-    it has known pixels and blend in the upsampled coarser estimate where it has few. Known pixels are
-    returned unchanged; no parameters (and differentiable, though nothing upstream needs it).
-    """
-    known = 1 - mask
-    values, weights = [gray * known], [known]
-    while min(values[-1].shape[-2:]) > 1:
-        values.append(F.avg_pool2d(values[-1], 2, ceil_mode=True))
-        weights.append(F.avg_pool2d(weights[-1], 2, ceil_mode=True))
-    filled = values[-1] / weights[-1].clamp_min(1e-8)
-    for v, w in zip(reversed(values[:-1]), reversed(weights[:-1])):
-        up = F.interpolate(filled, size=v.shape[-2:], mode="bilinear", align_corners=False)
-        filled = w * (v / w.clamp_min(1e-8)) + (1 - w) * up
-    return gray * known + filled * mask
 
 
 def check_inputs(gray: torch.Tensor, mask: torch.Tensor) -> None:

@@ -1,6 +1,7 @@
 """Restore every test input at full size and write the DACON submission zip.
 
-The damaged region of a test input is found from the input alone (imgrestore.data.masks.detect_mask).
+The damaged regions of a test input are found from the input alone (imgrestore.data.masks.detect_regions);
+what was found, and where detection was unsure, is reported beside the zip (NAME.detections.csv).
 PNGs are named as the inputs and stored flat in the zip; the zip is written under a temporary name,
 checked by the submission rules (imgrestore.submission.rules: names, PNG, RGB, input size), and only then
 renamed into place.
@@ -8,6 +9,7 @@ renamed into place.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -18,10 +20,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from imgrestore.data.io import atomic_path, read_gray
-from imgrestore.data.masks import detect_mask
+from imgrestore.data.io import atomic_path, read_gray, write_csv
+from imgrestore.data.masks import detect_regions, summarize
 from imgrestore.submission.rules import PredictionError, check_names, format_problems, read_member, read_prediction
-from imgrestore.training.data import to_tensors, to_uint8_rgb
+from imgrestore.training.data import to_tensors, to_uint8_restored
+
+
+_log = logging.getLogger(__name__)
 
 
 class SubmissionError(ValueError):
@@ -30,9 +35,12 @@ class SubmissionError(ValueError):
 
 @torch.no_grad()
 def restore(model: torch.nn.Module, gray: np.ndarray, mask: np.ndarray, device="cpu") -> np.ndarray:
-    """One damaged gray image (HxW uint8) and its mask -> restored HxWx3 uint8, at full size."""
+    """One damaged gray image (HxW uint8) and its mask -> restored HxWx3 uint8, at full size.
+
+    Outside the mask the result's Pillow gray is the input's, exactly (``to_uint8_restored``).
+    """
     g, m = to_tensors(gray, mask)
-    return to_uint8_rgb(model(g[None].to(device), m[None].to(device)).float()[0])
+    return to_uint8_restored(model(g[None].to(device), m[None].to(device)).float()[0], g, m)
 
 
 def check_submission(zip_path: str | os.PathLike, test: pd.DataFrame) -> int:
@@ -60,16 +68,41 @@ def check_submission(zip_path: str | os.PathLike, test: pd.DataFrame) -> int:
 
 def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.PathLike,
                      device: str | torch.device = "cpu", progress: bool = True) -> Path:
-    """Restore every row of `test` (name, input_path) into the zip `out`, then check it."""
+    """Restore every row of `test` (name, input_path) into the zip `out`, then check it.
+
+    Every region with the damage signature is restored (imgrestore.data.masks.detect_regions); an input
+    where none is found is restored with an all-zero mask. What was detected per input (regions, area,
+    fill values, boxes, confidence, `undamaged`/`unsure` flags and why) goes to `detections_path(out)`
+    (NAME.detections.csv beside NAME.zip, written atomically after the zip), each flagged input is
+    logged as a warning, and a one-line summary is printed (logged instead when not `progress`).
+    Returns the zip's path.
+    """
     out = Path(out)
     model = model.to(device).eval()
+    reports = {}
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are already compressed
             for row in tqdm(list(test.itertuples(index=False)), desc="restoring test set", disable=not progress):
                 gray = read_gray(row.input_path, strict=True)
-                rgb = restore(model, gray, detect_mask(gray), device)
+                reports[row.name] = detect_regions(gray)
+                rgb = restore(model, gray, reports[row.name].mask, device)
                 buf = io.BytesIO()
                 Image.fromarray(rgb, "RGB").save(buf, format="PNG")
                 zf.writestr(row.name, buf.getvalue())
         check_submission(tmp, test)
+    write_csv(detections_path(out), pd.DataFrame([{"name": name, **r.as_row()} for name, r in reports.items()]))
+    for name, r in reports.items():
+        if r.unsure or r.undamaged:
+            _log.warning("%s: %s", name, r.summary())
+    line = f"{summarize(reports)} - see {detections_path(out).name}"
+    if progress:
+        print(line)
+    else:
+        _log.log(logging.WARNING if any(r.unsure or r.undamaged for r in reports.values()) else logging.INFO, line)
     return out
+
+
+def detections_path(zip_path: str | os.PathLike) -> Path:
+    """Where write_submission reports what it detected: NAME.detections.csv beside NAME.zip."""
+    zip_path = Path(zip_path)
+    return zip_path.with_name(f"{zip_path.stem}.detections.csv")

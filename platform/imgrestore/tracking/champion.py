@@ -1,43 +1,98 @@
-"""The best model: logged with mlflow.pytorch, registered, aliased `champion`; and loaded back.
+"""The best model: logged with mlflow.pytorch, registered, aliased `champion` when it earns it; and loaded back.
 
-The logged MLflow model carries our own checkpoint files (safetensors weights + model.json) as
-extra files, so loading it back rebuilds the model from plain data and never unpickles a module.
+The logged MLflow model carries our own checkpoint files (safetensors weights + model.json) as extra files,
+so loading it back rebuilds the model from plain data and never unpickles a module. It is logged on the
+run it came from (the winning trial's run, whose parameters and learning curves are its lineage; the
+search's parent run for a classical restorer), that run is tagged `champion`, and the model version is
+described and tagged with its validation score and the fingerprint of its validation (split, fold, size).
+
+The alias moves only to a better model: a new version whose validation fingerprint equals the current
+champion's and whose score is lower is registered but not aliased; on another validation the two scores
+are not comparable, and the alias moves with that said (`AliasDecision.reason`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from imgrestore.training.checkpoint import MODEL_SPEC, MODEL_WEIGHTS, TRIAL_CONFIG, load_model
 
 ALIAS = "champion"
+SCORE_TAG, VALIDATION_TAG = "val_score", "validation"
 # Pinned here so mlflow does not spend a minute inferring requirements from the environment.
 REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "imgrestore", "safetensors", "numpy", "pillow"]
 
 
-def log_champion(checkpoint_dir: str | os.PathLike, run_id: str, registered_name: str, tracking_uri: str) -> tuple[str, str]:
-    """Log the checkpoint's model on `run_id`, register it and point the `champion` alias at it.
+def validation_fingerprint(split_csv_text: str, val_fold, image_size, max_val_images) -> str:
+    """What makes two validation scores comparable: the same split file, fold, image size and image cap."""
+    h = hashlib.sha256(split_csv_text.encode())
+    h.update(json.dumps([val_fold, image_size, max_val_images]).encode())
+    return h.hexdigest()[:16]
 
-    Returns (models:/NAME@champion, version).
+
+@dataclass
+class AliasDecision:
+    moved: bool
+    reason: str
+    champion_version: str  # the version the alias points at afterwards
+
+
+def decide_alias(client: MlflowClient, name: str, score: float, fingerprint: str) -> AliasDecision:
+    """Should a new version scoring `score` on validation `fingerprint` take the alias? (Not yet registered.)"""
+    try:
+        current = client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException:
+        return AliasDecision(True, "first champion of this model", "")
+    cur_score, cur_fp = current.tags.get(SCORE_TAG), current.tags.get(VALIDATION_TAG)
+    if cur_score is None or cur_fp is None:
+        return AliasDecision(True, f"version {current.version} has no recorded validation score", "")
+    if cur_fp != fingerprint:
+        return AliasDecision(True, f"version {current.version} was validated on other images (scores not "
+                             "comparable); the newest search wins", "")
+    if score > float(cur_score):
+        return AliasDecision(True, f"beats version {current.version} ({score:.4f} > {float(cur_score):.4f} on "
+                             "the same validation)", "")
+    return AliasDecision(False, f"version {current.version} stays champion: {float(cur_score):.4f} >= "
+                         f"{score:.4f} on the same validation", str(current.version))
+
+
+def log_champion(checkpoint_dir: str | os.PathLike, run_id: str, registered_name: str, tracking_uri: str,
+                 score: float, fingerprint: str, description: str, tags: dict | None = None
+                 ) -> tuple[str, str, AliasDecision]:
+    """Log the checkpoint's model on `run_id`, register it, and move the `champion` alias if it earns it.
+
+    Returns (models:/NAME@champion, the new version, the alias decision).
     """
     checkpoint_dir = Path(checkpoint_dir)
     model = load_model(checkpoint_dir)
     extra = [str(checkpoint_dir / f) for f in (MODEL_WEIGHTS, MODEL_SPEC, TRIAL_CONFIG) if (checkpoint_dir / f).is_file()]
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    decision = decide_alias(client, registered_name, score, fingerprint)
     with mlflow.start_run(run_id=run_id):
         # pickle format: the pt2 (torch.export) default needs fixed example shapes, and these models
         # take any image size. load_restorer never unpickles: it rebuilds from the extra files.
         info = mlflow.pytorch.log_model(model, name="champion", extra_files=extra, serialization_format="pickle",
                                         pip_requirements=REQUIREMENTS, registered_model_name=registered_name)
     version = str(info.registered_model_version)
-    MlflowClient(tracking_uri).set_registered_model_alias(registered_name, ALIAS, version)
-    return f"models:/{registered_name}@{ALIAS}", version
+    client.update_model_version(registered_name, version, description=description)
+    for key, value in {SCORE_TAG: f"{score:.6f}", VALIDATION_TAG: fingerprint, **(tags or {})}.items():
+        client.set_model_version_tag(registered_name, version, key, str(value))
+    if decision.moved:
+        client.set_registered_model_alias(registered_name, ALIAS, version)
+        decision.champion_version = version
+        client.set_tag(run_id, "champion", f"{registered_name} version {version}")
+    return f"models:/{registered_name}@{ALIAS}", version, decision
 
 
 def load_restorer(ref: str, tracking_uri: str | None = None, device: str = "cpu") -> torch.nn.Module:

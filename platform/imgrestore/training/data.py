@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from imgrestore.data.damage import DamageConfig, apply_damage
 from imgrestore.data.io import read_gray, read_rgb
 from imgrestore.data.masks import true_mask
+from imgrestore.models.color import lock_luma
 
 
 def to_tensors(gray: np.ndarray, mask: np.ndarray, rgb: np.ndarray | None = None):
@@ -29,7 +30,18 @@ def to_tensors(gray: np.ndarray, mask: np.ndarray, rgb: np.ndarray | None = None
 
 def to_uint8_rgb(pred: torch.Tensor) -> np.ndarray:
     """(3,H,W) float in [0,1] -> (H,W,3) uint8, rounded."""
-    return pred.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return pred.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def to_uint8_restored(pred: torch.Tensor, gray: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """A model's (3,H,W) output as the uint8 RGB image it restores: rounded, and outside the mask its Pillow
+    gray made exactly the input's (``models.color.lock_luma``; rounding R, G, B alone can move it by a level).
+
+    gray, mask: (1,H,W) in [0,1], as the model got them.
+    """
+    gray_u8 = gray[0].detach().float().mul(255).round().byte().cpu().numpy()
+    keep = mask[0].detach().cpu().numpy() < 0.5
+    return lock_luma(to_uint8_rgb(pred), gray_u8, keep)
 
 
 def load_pair(input_path: str, gt_path: str, size: int | None = None):
@@ -51,8 +63,9 @@ class RestorationDataset(Dataset):
 
     extra_damage: probability of replacing the real damage by freshly generated damage on the same
     ground truth (more masks per photo); flip: random horizontal flips. Both only when `train=True`.
-    Pairs are decoded once and kept in memory (the DACON train set at 512 px is ~6 GB as uint8; at the
-    sizes we train at, far less).
+    Pairs are decoded when asked for, never cached: a cache per DataLoader worker grows to the whole
+    dataset in every worker (the DACON train set is ~37 GB decoded at 512 px), while decoding a PNG costs
+    milliseconds beside a training step.
     """
 
     def __init__(self, frame: pd.DataFrame, size: int | None = None, train: bool = False,
@@ -62,7 +75,6 @@ class RestorationDataset(Dataset):
         self.size, self.train = size, train
         self.extra_damage, self.flip, self.seed, self.damage = extra_damage, flip, seed, damage
         self.epoch = 0
-        self._cache: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -72,10 +84,8 @@ class RestorationDataset(Dataset):
         self.epoch = epoch
 
     def pair(self, i: int):
-        if i not in self._cache:
-            row = self.frame.iloc[i]
-            self._cache[i] = load_pair(row["input_path"], row["gt_path"], self.size)
-        return self._cache[i]
+        row = self.frame.iloc[i]
+        return load_pair(row["input_path"], row["gt_path"], self.size)
 
     def __getitem__(self, i: int):
         gray, mask, rgb = self.pair(i)

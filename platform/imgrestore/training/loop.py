@@ -1,9 +1,10 @@
 """Train one restoration model, top to bottom.
 
 `train(config, report)` is the whole trial: read the cluster-aware split, build the model, loop over
-epochs, score the validation fold with the competition metric, hand metrics and a checkpoint directory to
-`report` after every epoch. The same function runs under Ray Tune (see imgrestore.tuning.trainable) and
-on its own. `config` is plain data; DEFAULTS lists every key.
+epochs, score the validation fold with the competition metric (imgrestore.training.evaluate, which also
+calibrates the chroma gain), hand metrics and a checkpoint directory to `report` after every epoch. The
+same function runs under Ray Tune (see imgrestore.tuning.trainable) and on its own. `config` is plain data;
+DEFAULTS lists every key. A model with nothing to train (the classical restorers) is evaluated once.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from imgrestore.data.dacon import find_path_columns, resolve_path
-from imgrestore.losses import build_loss
-from imgrestore.metrics import score_image
-from imgrestore.models import create_model
+from imgrestore.losses import build_loss, chroma_class_loss, masked_l1_loss
+from imgrestore.models import create_model, is_trainable
+from imgrestore.models.color import rgb_to_chroma, rgb_to_luma
 from imgrestore.training.checkpoint import TRIAL_CONFIG, load_model, load_train_state, save_model, save_train_state
-from imgrestore.training.data import RestorationDataset, to_uint8_rgb
+from imgrestore.training.data import RestorationDataset
+from imgrestore.training.evaluate import evaluate
 from imgrestore.training.samples import restoration_grid
 
 DEFAULTS = {
@@ -33,8 +35,10 @@ DEFAULTS = {
     "preproc_csv": None,         # train_preproc_1.csv with `cluster` and `fold` (default: in data_dir)
     "val_fold": 0,
     "model": {"name": "unet", "base_channels": 16, "depth": 3},
-    "loss": {"l1": 1.0},
-    "aux_gray_weight": 0.5,      # two-stage models: L1 of the inpainted gray against the true gray
+    "loss": {"l1": 1.0},         # on the RGB output (imgrestore.losses: l1, ssim, metric_m, hue_hist, metric, ...)
+    "aux_gray_weight": 0.5,      # L1 of the model's luma against the true gray, inside the hole
+    "chroma_class_weight": 1.0,  # chroma="classification": rebalanced cross-entropy of the colour classes
+    "chroma_rebalance": 0.5,     # Zhang et al.'s lambda: 0 = no rebalancing, 1 = all classes weigh the same
     "lr": 1e-3,
     "weight_decay": 1e-4,
     "warmup_frac": 0.05,         # linear warm-up, then cosine decay to 0, per step
@@ -45,21 +49,44 @@ DEFAULTS = {
     "flip": True,
     "cluster_balanced": False,   # sample each scene cluster equally often
     "grad_clip": 1.0,
-    "amp": "auto",               # bfloat16 autocast on CUDA when "auto"; never on CPU
+    "amp": "auto",               # auto | bf16 | fp16 | fp32 (auto: bf16 on GPUs that support it, else fp32)
     "num_workers": 0,
     "seed": 0,
     "max_val_images": 64,        # cap validation cost per epoch
+    "calibrate_gain": True,      # pick the chroma gain on validation every epoch (imgrestore.training.evaluate)
     "n_samples_grid": 4,         # validation restorations drawn into the sample grid
 }
 
 Report = Callable[[dict, str], None]  # (metrics, checkpoint directory)
 
 
+AMP_MODES = ("auto", "bf16", "fp16", "fp32")
+
+
 def with_defaults(config: dict) -> dict:
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         raise KeyError(f"unknown training config keys: {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}")
-    return {**DEFAULTS, **config}
+    cfg = {**DEFAULTS, **config}
+    if cfg["amp"] not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg['amp']!r}")
+    if int(cfg["epochs"]) < 1:
+        raise ValueError(f"epochs must be >= 1, got {cfg['epochs']}")
+    return cfg
+
+
+def autocast_dtype(amp: str, device: torch.device):
+    """The autocast dtype for `amp` on `device`, or None for fp32. bf16 only where the GPU runs it natively
+    (Ampere and newer: on a T4 it is emulated and slow); fp16 needs a GradScaler (see train)."""
+    if device.type != "cuda" or amp == "fp32":
+        return None
+    bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False)
+    if amp == "bf16" and not bf16_ok:
+        raise ValueError(f"amp: bf16 is not supported natively by {torch.cuda.get_device_name(device)}; "
+                         "use fp16 or fp32")
+    if amp == "fp16":
+        return torch.float16
+    return torch.bfloat16 if bf16_ok else (torch.float16 if amp == "auto" else None)
 
 
 def read_split(data_dir: str, preproc_csv: str | None, val_fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -95,20 +122,15 @@ def lr_lambda(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
     return f
 
 
-@torch.no_grad()
-def evaluate(model, dataset: RestorationDataset, device, limit: int, n_grid: int):
-    """Competition metric on up to `limit` validation images, plus a grid of sample restorations."""
-    model.eval()
-    rows, shown = [], []
-    for i in range(min(len(dataset), limit)):
-        gray, mask, rgb = dataset[i]
-        pred = model(gray[None].to(device), mask[None].to(device)).float()[0]
-        pred_u8, gt_u8 = to_uint8_rgb(pred), to_uint8_rgb(rgb)
-        rows.append(score_image(gt_u8, pred_u8, mask[0].numpy() > 0))
-        if len(shown) < n_grid:
-            shown.append(((gray[0].numpy() * 255).round().astype(np.uint8), pred_u8, gt_u8))
-    metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
-    return metrics, shown
+def chroma_class_weights(dataset: RestorationDataset, bins, mix: float, max_images: int = 256) -> torch.Tensor:
+    """Class rebalancing weights from the chroma of up to `max_images` training truths (quarter resolution)."""
+    counts = torch.zeros(bins.n)
+    step = max(1, len(dataset) // max_images)
+    for i in range(0, len(dataset), step):
+        rgb = dataset.pair(i)[2]
+        chroma = rgb_to_chroma(torch.tensor(rgb).permute(2, 0, 1)[None].float() / 255)
+        counts += bins.counts(torch.nn.functional.avg_pool2d(chroma, 4, ceil_mode=True))
+    return bins.rebalance_weights(counts, mix)
 
 
 def train(config: dict, report: Report, resume_from: str | None = None, device: str | None = None,
@@ -122,7 +144,8 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     seed = int(cfg["seed"])
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-    use_amp = device.type == "cuda" and cfg["amp"] in ("auto", True, "bf16")
+    amp_dtype = autocast_dtype(cfg["amp"], device)
+    autocast = {"device_type": device.type, "dtype": amp_dtype or torch.float32, "enabled": amp_dtype is not None}
 
     # data: the validation fold holds whole scene clusters (see imgrestore.clustering.split)
     train_frame, val_frame = read_split(cfg["data_dir"], cfg["preproc_csv"], int(cfg["val_fold"]))
@@ -146,19 +169,25 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
     # model, loss, optimiser, schedule
     model_cfg = dict(cfg["model"])
     model = create_model(model_cfg.pop("name"), **model_cfg).to(device)
-    loss_fn = build_loss(cfg["loss"])
-    has_aux = "return_aux" in model.forward.__code__.co_varnames
     if resume_from:
         model.load_state_dict(load_model(resume_from).state_dict())
+    trainable = is_trainable(model)
+    loss_fn = build_loss(cfg["loss"])
+    bins = getattr(model, "bins", None)  # chroma classes (chroma="classification")
+    class_weights = chroma_class_weights(train_ds, bins, cfg["chroma_rebalance"]) if bins is not None else None
     if sampler is not None and torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
         raise ValueError("cluster_balanced sampling is not supported in data-parallel trials (workers > 1): "
                          "Ray Train replaces the sampler with a DistributedSampler")
-    net = wrap_model(model)
+    net = wrap_model(model) if trainable else model
     loader = wrap_loader(loader)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    total_steps = max(1, int(cfg["epochs"]) * len(loader))
+    # a classical restorer has no parameters: a placeholder keeps the checkpoint format (optimizer state) one
+    optimizer = torch.optim.AdamW(net.parameters() if trainable else [torch.zeros(1, requires_grad=True)],
+                                  lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    epochs = int(cfg["epochs"]) if trainable else 1  # nothing to train: one evaluation
+    total_steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg["warmup_frac"]))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 needs loss scaling
     start_epoch, best = 0, -math.inf
     if resume_from:
         state = load_train_state(resume_from)
@@ -166,7 +195,7 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
         start_epoch, best = state["epoch"] + 1, state["extra"].get("best_score", -math.inf)
 
     metrics = {}
-    for epoch in range(start_epoch, int(cfg["epochs"])):
+    for epoch in range(start_epoch, epochs):
         net.train()
         train_ds.set_epoch(epoch)
         shuffle_rng.manual_seed(seed * 100_003 + epoch)
@@ -175,24 +204,26 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
         if hasattr(getattr(loader, "sampler", None), "set_epoch"):
             loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
         t0, seen, loss_sum, part_sums = time.perf_counter(), 0, 0.0, {}
-        for gray, mask, rgb in loader:
-            gray, mask, rgb = gray.to(device), mask.to(device), rgb.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                if has_aux:
-                    pred, gray_inpainted = net(gray, mask, return_aux=True)
-                else:
-                    pred, gray_inpainted = net(gray, mask), None
-            loss, parts = loss_fn(pred.float(), rgb, mask)
-            if gray_inpainted is not None and cfg["aux_gray_weight"]:
-                true_gray = (rgb * rgb.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-                aux = torch.nn.functional.l1_loss(gray_inpainted.float(), true_gray)
-                loss = loss + cfg["aux_gray_weight"] * aux
-                parts = {**parts, "aux_gray": aux.detach()}
+        lr = scheduler.get_last_lr()[0]  # the epoch's starting rate (after the last step it is ~0: cosine)
+        for gray, mask, rgb in (loader if trainable else ()):
+            gray = gray.to(device, non_blocking=True)
+            mask, rgb = mask.to(device, non_blocking=True), rgb.to(device, non_blocking=True)
+            with torch.autocast(**autocast):
+                out = net(gray, mask, return_aux=True)
+            loss, parts = loss_fn(out["rgb"].float(), rgb, mask)
+            if cfg["aux_gray_weight"]:
+                aux = masked_l1_loss(out["y"].float(), rgb_to_luma(rgb), mask)
+                loss, parts = loss + cfg["aux_gray_weight"] * aux, {**parts, "aux_gray": aux.detach()}
+            if out.get("chroma_logits") is not None and cfg["chroma_class_weight"]:
+                ce = chroma_class_loss(out["chroma_logits"], rgb, bins, class_weights)
+                loss, parts = loss + cfg["chroma_class_weight"] * ce, {**parts, "chroma_class": ce.detach()}
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # bf16 autocast (CUDA) needs no loss scaling
+            scaler.scale(loss).backward()
             if cfg["grad_clip"]:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             seen += gray.shape[0]
             loss_sum += loss.item() * gray.shape[0]
@@ -201,12 +232,13 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
         train_time = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        val, grid_rows = evaluate(model, val_ds, device, int(cfg["max_val_images"]), int(cfg["n_samples_grid"]))
+        val, grid_rows = evaluate(model, val_ds, device, int(cfg["max_val_images"]), int(cfg["n_samples_grid"]),
+                                  calibrate=bool(cfg["calibrate_gain"]), autocast=autocast)
         best = max(best, val.get("score", -math.inf))
         metrics = {**val, "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
                    **{f"loss_{k}": v / max(seen, 1) for k, v in part_sums.items()},
                    "train_images_per_s": seen / max(train_time, 1e-9), "train_time_s": train_time,
-                   "val_time_s": time.perf_counter() - t1, "lr": scheduler.get_last_lr()[0], "best_score": best}
+                   "val_time_s": time.perf_counter() - t1, "lr": lr, "best_score": best}
 
         with tempfile.TemporaryDirectory(prefix="imgrestore-ckpt-") as d:
             save_model(model, d)

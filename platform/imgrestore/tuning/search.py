@@ -1,12 +1,15 @@
 """Run a search: a Ray Tune Tuner over the trainable, one MLflow parent run, resumable.
 
 Layout on storage: <storage_path>/<run name>/ holds Tune's experiment state and every trial's checkpoints;
-`mlflow_parent_run.json` there remembers the MLflow parent run so `resume` continues the same one.
+`mlflow_parent_run.json` there remembers the MLflow parent run so `resume` continues the same one, and
+`baselines.csv` the classical restorers' scores on the search's validation images (measured before the
+first trial, see imgrestore.tuning.baselines).
 `storage_path` is a local folder or a URI that pyarrow understands (s3://bucket/prefix, gs://..., file://...):
 on a multi-node cluster it must be storage every node can reach (Ray syncs nothing to the head).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -14,16 +17,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.fs
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from imgrestore.tracking import get_or_create_experiment
 from imgrestore.tracking.tune_callback import MLflowTrialLogger
+from imgrestore.tuning.baselines import baselines_markdown, evaluate_baselines
 from imgrestore.tuning.space import SearchSpace
 from imgrestore.tuning.trainable import train_trial, train_trial_distributed
 
 PARENT_FILE = "mlflow_parent_run.json"
+BASELINES_FILE = "baselines.csv"
+
+
+class SearchInterrupted(RuntimeError):
+    """The search was stopped (Ctrl-C / SIGINT) before every trial ended; it can be resumed."""
+
+    def __init__(self, experiment_dir):
+        super().__init__(f"the search was interrupted; its state is saved in {experiment_dir}")
+        self.experiment_dir = experiment_dir
 
 
 @dataclass
@@ -32,6 +46,7 @@ class SearchOutcome:
     experiment_dir: Path | str  # a Path for local storage, the URI for remote storage
     parent_run_id: str
     experiment_id: str
+    baselines: pd.DataFrame     # the classical restorers on the trials' validation images, best first
 
 
 def _scheduler(space: SearchSpace):
@@ -158,6 +173,10 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
             raise FileNotFoundError(f"{exp_dir}: no Tune experiment to resume there")
         parent_run_id = json.loads(_read_text(_join(exp_dir, PARENT_FILE)))["run_id"]
         client.update_run(parent_run_id, status="RUNNING")
+        try:
+            baselines = pd.read_csv(io.StringIO(_read_text(_join(exp_dir, BASELINES_FILE))))
+        except (FileNotFoundError, OSError):  # interrupted before they were measured
+            baselines = _baselines(space, data_dir, client, parent_run_id, exp_dir)
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
     else:
         name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -172,6 +191,7 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
         for path in artifacts:
             if Path(path).is_file():
                 client.log_artifact(parent_run_id, str(path))
+        baselines = _baselines(space, data_dir, client, parent_run_id, exp_dir)
         param_space = {**space.param_space(), "data_dir": str(data_dir)}
         tuner = tune.Tuner(
             trainable,
@@ -194,10 +214,38 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
         )
     try:
         results = tuner.fit()
-    except BaseException:  # a crash or Ctrl-C: the parent run must not stay RUNNING (resume reopens it)
+    except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped without its last save
+        _mark_killed(client, experiment_id, parent_run_id)
+        raise SearchInterrupted(_as_outcome_dir(exp_dir)) from None
+    except BaseException:  # a crash: the parent run must not stay RUNNING (resume reopens it)
         client.set_terminated(parent_run_id, "FAILED")
         raise
-    return SearchOutcome(results, _as_outcome_dir(exp_dir), parent_run_id, experiment_id)
+    if results.num_terminated + results.num_errors < len(results):
+        # Tune catches the first Ctrl-C, saves its state and returns normally: some trials never ended
+        _mark_killed(client, experiment_id, parent_run_id)
+        raise SearchInterrupted(_as_outcome_dir(exp_dir))
+    return SearchOutcome(results, _as_outcome_dir(exp_dir), parent_run_id, experiment_id, baselines)
+
+
+def _mark_killed(client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+    """The parent run and its trial runs still open: KILLED (a resume reopens the parent)."""
+    open_trials = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                                     "attributes.status = 'RUNNING'", max_results=50000)
+    for run in open_trials:
+        client.set_terminated(run.info.run_id, "KILLED")
+    client.set_terminated(parent_run_id, "KILLED")
+
+
+def _baselines(space: SearchSpace, data_dir: Path, client: MlflowClient, parent_run_id: str,
+               exp_dir: str) -> pd.DataFrame:
+    """Measure the classical restorers on the trials' validation images; log and store them."""
+    frame = evaluate_baselines({**space.config, "data_dir": str(data_dir)})
+    _write_text(_join(exp_dir, BASELINES_FILE), frame.to_csv(index=False))
+    for row in frame.itertuples():
+        for key in ("score", "ssim", "masked_ssim", "hist_sim"):
+            client.log_metric(parent_run_id, f"baseline_{row.name}_{key}", float(getattr(row, key)))
+    client.log_text(parent_run_id, baselines_markdown(frame), "baselines.md")
+    return frame
 
 
 def best_checkpoint(results: tune.ResultGrid, metric: str, mode: str):

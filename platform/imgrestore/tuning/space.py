@@ -20,6 +20,7 @@ choice | uniform | loguniform | randint | quniform | qloguniform (Ray Tune's nam
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,3 +102,61 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return space
+
+
+def corner_configs(value, limit: int = 64) -> list:
+    """A few concrete configs that together touch every choice and both ends of every range of `value`
+    (a space's `config`): the i-th config takes option i of each choice (cycling) and alternates low/high."""
+    def pick(v, i):
+        if isinstance(v, dict):
+            if len(v) == 1 and next(iter(v)) in DISTRIBUTIONS:
+                kind, args = next(iter(v.items()))
+                if kind == "choice":
+                    return list(args)[i % len(args)]
+                low, high = args[0], args[1]
+                return (int(low) if kind == "randint" else float(low)) if i % 2 == 0 else \
+                    (int(high) - 1 if kind == "randint" else float(high))
+            return {k: pick(x, i) for k, x in v.items()}
+        return v
+
+    def widest(v):
+        if isinstance(v, dict):
+            if len(v) == 1 and next(iter(v)) in DISTRIBUTIONS:
+                kind, args = next(iter(v.items()))
+                return len(args) if kind == "choice" else 2
+            return max([widest(x) for x in v.values()] or [1])
+        return 1
+
+    return [pick(value, i) for i in range(min(limit, widest(value)))]
+
+
+def check_space(space: SearchSpace) -> None:
+    """Fail on the driver, before Ray starts, on what would otherwise crash every trial: unknown model
+    names or arguments, unknown losses, bad training settings, a searched validation setting."""
+    from imgrestore.losses import build_loss
+    from imgrestore.models import create_model
+    from imgrestore.training.loop import with_defaults
+    from imgrestore.tuning.baselines import validation_config
+
+    where = space.source or space.name
+    if int(space.num_samples) < 1:
+        raise ValueError(f"{where}: num_samples must be >= 1, got {space.num_samples}")
+    try:
+        validation_config(space.config)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    built = set()
+    for cfg in corner_configs(space.config):
+        try:
+            with_defaults(cfg)
+            build_loss(cfg.get("loss", {"l1": 1.0}))
+            model = dict(cfg.get("model", {"name": "unet"}))
+            key = json.dumps(model, sort_keys=True, default=str)
+            if key not in built:  # building checks every argument (pretrained weights stay unloaded)
+                name = model.pop("name")
+                create_model(name, **{**model, **({"pretrained": False} if "pretrained" in model or
+                                                  name == "effnet_unet" else {})})
+                built.add(key)
+        except (KeyError, ValueError, TypeError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise ValueError(f"{where}: a trial config would fail: {msg}") from None

@@ -19,16 +19,31 @@ def trials_table(results, metric: str = "score", mode: str = "max", top: int = 1
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def summary_text(metrics: dict, config: dict, zip_path, model_uri: str, version: str, experiment_dir,
-                 tracking_uri) -> str:
-    """metrics: the reported row of the champion's epoch; config: its trial's config."""
+def summary_text(metrics: dict, config: dict, experiment_dir, tracking_uri) -> str:
+    """metrics: the reported row of the best trial's best epoch; config: its trial's config."""
     lines = ["", "=" * 72, "Best trial", "=" * 72,
              f"trial            {metrics.get('trial_id')}  (epoch {metrics.get('epoch')})"]
-    lines += [f"{k:<16} {metrics[k]:.4f}" for k in SCORE_KEYS if k in metrics]
+    lines += [f"{k:<16} {metrics[k]:.4f}" for k in (*SCORE_KEYS, "chroma_gain", "score_gray") if k in metrics]
     lines += ["parameters:"]
     lines += [f"  {k:<28} {v}" for k, v in sorted(flatten(config).items()) if k not in ("data_dir", "preproc_csv")]
-    lines += [f"champion         {model_uri} (version {version})",
-              f"submission       {zip_path}",
-              f"experiment dir   {experiment_dir}",
-              f"MLflow UI        mlflow ui --backend-store-uri {tracking_uri}", "=" * 72]
+    lines += [f"experiment dir   {experiment_dir}",
+              f"MLflow UI        mlflow ui --backend-store-uri {tracking_uri}"]
+    return "\n".join(lines)
+
+
+def champion_text(choice, baselines, model_uri: str, version: str, alias, zip_path) -> str:
+    """The champion against the classical restorers on the same validation images, and where it went."""
+    lines = ["=" * 72, "Champion (validation score, the same images for every row)", "=" * 72]
+    lines += [f"  {r.name:<24} {r.score:.4f}   S {r.ssim:.4f}  M {r.masked_ssim:.4f}  C {r.hist_sim:.4f}"
+              for r in baselines.itertuples()]
+    if choice.kind == "trial":
+        lines.append(f"  {'trial ' + choice.name:<24} {choice.score:.4f}   <- champion: "
+                     f"{choice.margin:+.4f} over the best classical restorer ({choice.best_classical})")
+    else:
+        lines.append(f"  champion: the classical restorer {choice.name} - NO learned model beat it on validation "
+                     "(more data, epochs or another space needed)")
+    lines += [f"registered       version {version}; alias: {alias.reason}"
+              + ("" if alias.moved else f" -> the submission uses version {alias.champion_version}"),
+              f"champion         {model_uri}",
+              f"submission       {zip_path}", "=" * 72]
     return "\n".join(lines)

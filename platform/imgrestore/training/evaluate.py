@@ -1,0 +1,82 @@
+"""Validation: the competition metric on the restored uint8 images, and the chroma gain calibrated on it.
+
+A model's chroma (Cb, Cr) comes out desaturated or over-saturated depending on its loss; the metric's hue term
+counts every pixel's hue whatever its saturation, and its SSIM terms punish wrong colour. One scalar gain on the
+chroma, picked on validation, trades the two; it is saved in the model's config, so the checkpoint and the
+submission use it. The grid includes 0 (no colour): a model is never scored below its own gray.
+The validation score reported for an epoch is the one at the chosen gain.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from imgrestore.metrics import KEYS, score_image
+from imgrestore.training.data import to_uint8_restored, to_uint8_rgb
+
+GAIN_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def _batches(dataset, limit: int, batch_size: int):
+    """(gray, mask, rgb) batches of up to `batch_size` images of one size, in dataset order."""
+    group = []
+    for i in range(min(len(dataset), limit)):
+        item = dataset[i]
+        if group and (len(group) == batch_size or item[0].shape != group[0][0].shape):
+            yield [torch.stack(t) for t in zip(*group)]
+            group = []
+        group.append(item)
+    if group:
+        yield [torch.stack(t) for t in zip(*group)]
+
+
+@torch.no_grad()
+def evaluate(model, dataset, device, limit: int, n_grid: int, calibrate: bool = True,
+             calibration_images: int = 64, batch_size: int = 8, autocast: dict | None = None):
+    """Score up to `limit` validation images; returns (metrics, grid rows).
+
+    Learned models (``Restorer`` with chroma): the gain is chosen on the first `calibration_images` from
+    GAIN_GRID (when `calibrate`), set on the model, and every image is scored at it; metrics then also hold
+    ``chroma_gain`` and ``score_gray`` (the score at gain 0: what the model's colour adds is the difference).
+    """
+    model.eval()
+    outputs = []  # per image: (gray, mask, gt_u8, y, chroma), all on the CPU
+    for gray, mask, rgb in _batches(dataset, limit, batch_size):
+        with torch.autocast(**(autocast or {"device_type": "cpu", "enabled": False})):
+            aux = model(gray.to(device), mask.to(device), return_aux=True)
+        for j in range(len(gray)):
+            outputs.append((gray[j], mask[j], to_uint8_rgb(rgb[j]), aux["y"][j:j + 1].float().cpu(),
+                            aux["chroma"][j:j + 1].float().cpu()))
+
+    def score(items, gain):
+        rows = []
+        for gray, mask, gt, y, chroma in items:
+            pred = to_uint8_restored(model.compose(y, chroma, gain)[0], gray, mask)
+            rows.append(score_image(gt, pred, mask[0].numpy() > 0))
+        return rows
+
+    has_colour = getattr(model, "chroma_mode", "none") != "none"
+    extra = {}
+    if has_colour and calibrate:
+        sub = outputs[:calibration_images]
+        by_gain = {g: float(np.mean([r["score"] for r in score(sub, g)])) for g in GAIN_GRID}
+        model.chroma_gain = max(by_gain, key=by_gain.get)
+    if has_colour:
+        extra = {"chroma_gain": model.chroma_gain,
+                 "score_gray": float(np.mean([r["score"] for r in score(outputs, 0.0)]))}
+    rows = score(outputs, model.chroma_gain if has_colour else 1.0)
+    metrics = {k: float(np.mean([r[k] for r in rows])) for k in KEYS} if rows else {}
+    shown = []
+    for gray, mask, gt, y, chroma in _spread(outputs, n_grid):
+        pred = to_uint8_restored(model.compose(y, chroma)[0], gray, mask)
+        shown.append(((gray[0].numpy() * 255).round().astype(np.uint8), pred, gt))
+    return {**metrics, **extra}, shown
+
+
+def _spread(items: list, n: int) -> list:
+    """n items spread evenly over the list (the validation set is ordered by cluster-free name, so this shows
+    images from across it rather than the first few)."""
+    if n <= 0 or not items:
+        return []
+    idx = np.unique(np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int))
+    return [items[i] for i in idx]

@@ -1,0 +1,92 @@
+"""The classical restorers, scored on exactly the validation images every trial of a search is scored on.
+
+A learned model that loses to ``cv2.inpaint`` is a bug, not a result, and only a side-by-side measurement on
+the same images can tell. Each classical family (``imgrestore.models.classical``) goes through the same
+``training.loop.train`` as a trial (same split, fold, image size, image cap, metric; one evaluation, nothing to
+train), as a 1-CPU Ray task on the driver's node (which holds the split file), all side by side. A classical
+restorer has no weights: when no trial beats it, it is the champion (``pick_champion``), rebuilt from its name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from imgrestore.metrics import KEYS
+
+CLASSICAL_FAMILIES = ("input_copy", "telea", "navier_stokes", "fsr")
+# The keys that decide which images validation sees, and at what size: a baseline must share them with the trials.
+VALIDATION_KEYS = ("data_dir", "preproc_csv", "val_fold", "image_size", "max_val_images")
+
+
+def validation_config(config: dict) -> dict:
+    """The trial config's validation settings; a searched (non-constant) one is an error: the baselines and
+    the trials would not be scored on the same images."""
+    from imgrestore.training.loop import DEFAULTS
+
+    out = {}
+    for key in VALIDATION_KEYS:
+        value = config.get(key, DEFAULTS[key])
+        if isinstance(value, dict):
+            raise ValueError(f"config.{key} is searched ({value}); it decides the validation images and must be "
+                             "a constant, so that every trial and the classical baselines are scored alike")
+        out[key] = value
+    return out
+
+
+def _evaluate(name: str, config: dict) -> dict:
+    """One classical restorer through the training loop: one evaluation of the validation images."""
+    import torch
+
+    from imgrestore.training.loop import train
+
+    torch.set_num_threads(1)
+    result = {}
+    train({**config, "model": {"name": name}, "epochs": 1}, lambda metrics, checkpoint_dir: result.update(metrics))
+    return {"name": name, **{k: result[k] for k in KEYS}, "val_time_s": result["val_time_s"]}
+
+
+def evaluate_baselines(config: dict, families=CLASSICAL_FAMILIES) -> pd.DataFrame:
+    """Score every classical family on the search's validation images, side by side as Ray tasks.
+
+    config: the search's trial config (constants, with data_dir and preproc_csv). Returns one row per
+    family (name, score, ssim, masked_ssim, hist_sim, val_time_s), best first.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    val = validation_config(config)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy=here)(_evaluate)
+    rows = ray.get([remote.remote(name, val) for name in families])
+    return pd.DataFrame(rows).sort_values("score", ascending=False).reset_index(drop=True)
+
+
+def baselines_markdown(frame: pd.DataFrame) -> str:
+    """The baselines as a markdown table (logged on the search's MLflow parent run)."""
+    lines = ["| classical restorer | score | S | M | C |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.name} | {r.score:.4f} | {r.ssim:.4f} | {r.masked_ssim:.4f} | {r.hist_sim:.4f} |"
+              for r in frame.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ChampionChoice:
+    kind: str                 # "trial" or "classical"
+    name: str                 # the trial id, or the classical family
+    score: float              # its validation score
+    best_classical: str
+    best_classical_score: float
+
+    @property
+    def margin(self) -> float:
+        """The champion's validation score minus the best classical restorer's (0 when it is that restorer)."""
+        return self.score - self.best_classical_score
+
+
+def pick_champion(trial_score: float | None, trial_id: str | None, baselines: pd.DataFrame) -> ChampionChoice:
+    """The best trial, unless the best classical restorer scores higher on the same validation images."""
+    top = baselines.iloc[0]
+    if trial_score is not None and trial_score >= top.score:
+        return ChampionChoice("trial", str(trial_id), float(trial_score), top["name"], float(top.score))
+    return ChampionChoice("classical", top["name"], float(top.score), top["name"], float(top.score))

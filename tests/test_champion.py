@@ -1,0 +1,51 @@
+"""The champion alias moves only to a better model on the same validation, and says why."""
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from imgrestore.models import create_model
+from imgrestore.tracking import get_or_create_experiment, setup_tracking
+from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
+from imgrestore.training.checkpoint import save_model
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = setup_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(uri)
+    exp = get_or_create_experiment("champions", uri)
+    ckpt = save_model(create_model("telea"), tmp_path / "telea")
+
+    def register(score: float, fingerprint: str):
+        run = client.create_run(exp)
+        return log_champion(ckpt, run.info.run_id, "imgrestore-test", uri, score, fingerprint, f"score {score}")
+
+    return client, register, uri
+
+
+def test_alias_moves_only_to_a_better_model_on_the_same_validation(store):
+    client, register, uri = store
+    same = validation_fingerprint("name,fold\na.png,0\n", 0, 128, 64)
+    _, v1, d1 = register(0.41, same)
+    assert d1.moved and d1.champion_version == v1
+    _, v2, d2 = register(0.40, same)  # worse on the same validation: registered, not aliased
+    assert not d2.moved and d2.champion_version == v1 and "stays champion" in d2.reason
+    assert str(client.get_model_version_by_alias("imgrestore-test", "champion").version) == v1
+    _, v3, d3 = register(0.42, same)  # better: the alias moves
+    assert d3.moved and str(client.get_model_version_by_alias("imgrestore-test", "champion").version) == v3
+    other = validation_fingerprint("name,fold\nb.png,0\n", 0, 128, 64)
+    _, v4, d4 = register(0.30, other)  # another validation: not comparable, moves, and says so
+    assert d4.moved and "other images" in d4.reason
+    version = client.get_model_version("imgrestore-test", v2)
+    assert version.tags["val_score"] == "0.400000" and version.tags["validation"] == same
+    assert version.description == "score 0.4"
+    model = load_restorer("models:/imgrestore-test@champion", uri)
+    assert model.name == "telea"
+
+
+def test_fingerprint_depends_on_every_validation_setting():
+    base = validation_fingerprint("csv", 0, 128, 64)
+    assert len({base, validation_fingerprint("csv2", 0, 128, 64), validation_fingerprint("csv", 1, 128, 64),
+                validation_fingerprint("csv", 0, 256, 64), validation_fingerprint("csv", 0, 128, 32)}) == 5
