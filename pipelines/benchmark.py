@@ -1,13 +1,15 @@
-"""Benchmark: restoration quality against baselines on a held-out set, and the platform's throughput.
+"""Benchmark: restoration quality against the classical restorers on a held-out set, and the platform's throughput.
 
-    python pipelines/benchmark.py                      # the recorded run (see docs/benchmarks.md), ~20 min on 2 cores
-    python pipelines/benchmark.py --quick              # everything at toy sizes, about a minute or two
-    python pipelines/benchmark.py --photos DIR --size 128 --train 240 --test 64 --budget-epochs 6
+    python pipelines/benchmark.py                      # the recorded run (see docs/benchmarks.md), ~1.5 h on 2 cores
+    python pipelines/benchmark.py --quick              # everything at toy sizes, a few minutes
+    python pipelines/benchmark.py --photos DIR --size 128 --train 240 --test 64 --space search_spaces/demo.yaml
 
 Builds (once, cached under --work) a DACON-format dataset from the photos, with test_gt/ kept for scoring and
-test photos disjoint from training photos; preprocesses it; scores baselines, the seed's recipe, the demo
-search's champion and a larger budget on the held-out images; measures throughput and memory; writes the
-"## Restoration quality" and "## Throughput and cost" sections of --out-md (other sections are kept).
+test photos disjoint from training photos; preprocesses it (effnet-lite0); runs the search of --space and picks
+its champion as pipelines/tune.py does; trains the ablations of the best trial's config and the seed's recipe;
+scores the classical restorers, the seed's recipe, the champion and the ablations on the held-out images;
+measures throughput and memory; writes the "## Restoration quality" and "## Throughput and cost" sections of
+--out-md (other sections are kept).
 Bad input (missing photo folder or space file, nothing to rerender): `error: <message>` on stderr, exit status 2.
 """
 from __future__ import annotations
@@ -43,14 +45,15 @@ def parse_args(argv=None):
     p.add_argument("--size", type=positive_int, help=f"image size (default {d.size})")
     p.add_argument("--train", type=positive_int, help=f"training images (default {d.n_train})")
     p.add_argument("--test", type=positive_int, help=f"held-out test images (default {d.n_test})")
-    p.add_argument("--budget-epochs", type=positive_int, help=f"epochs of the seed's recipe and the search (default {d.budget_epochs})")
-    p.add_argument("--large-budget-epochs", type=positive_int, help=f"epochs of the larger budget (default {d.large_budget_epochs})")
-    p.add_argument("--search-samples", type=positive_int, help=f"trials of the demo search (default {d.search_samples})")
+    p.add_argument("--budget-epochs", type=positive_int, help="epochs of every trial, and so of the ablations and "
+                   "the seed's recipe (default: the space's)")
+    p.add_argument("--search-samples", type=positive_int, help="trials of the search (default: the space's)")
     p.add_argument("--seed-channels", type=positive_int, help=f"base channels of the seed's two-stage U-Net (default {d.seed_channels})")
-    p.add_argument("--space", help="search space YAML (default search_spaces/demo.yaml)")
+    p.add_argument("--space", help=f"search space YAML (default {d.space.relative_to(ROOT)})")
     p.add_argument("--cluster-sizes", type=positive_int, nargs="+", help=f"UMAP/HDBSCAN sizes (default {' '.join(map(str, d.cluster_sizes))})")
     p.add_argument("--cluster-timeout", type=float, help=f"seconds for all clustering sizes (default {d.cluster_timeout:.0f})")
-    p.add_argument("--quick", action="store_true", help="toy sizes (64 px, 30+6 images, 1 epoch, 2 trials)")
+    p.add_argument("--quick", action="store_true", help="toy sizes (64 px, 30+6 images, 2 epochs, 2 trials, "
+                   "model.net_size null)")
     p.add_argument("--no-write", action="store_true", help="print the sections only")
     p.add_argument("--rerender", action="store_true", help="measure nothing: render the last run's saved result "
                    "(--work/last_result.pkl) again, e.g. after changing the markdown layout")
@@ -73,10 +76,16 @@ def check_inputs(args, saved: Path) -> None:
 
 
 def load_saved(saved: Path):
+    from imgrestore.benchmarking.runner import RESULT_VERSION
+
     try:
-        return pickle.loads(saved.read_bytes())
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+        res = pickle.loads(saved.read_bytes())
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as e:
         raise ValueError(f"{saved}: not a saved benchmark result ({type(e).__name__}: {e})") from None
+    if getattr(res, "version", 1) != RESULT_VERSION:
+        raise ValueError(f"{saved}: saved by another version of the benchmark (result version "
+                         f"{getattr(res, 'version', 1)}, this one reads {RESULT_VERSION}); run the benchmark again")
+    return res
 
 
 def main(argv=None) -> int:
@@ -89,7 +98,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(args.work) if args.work else cache_root() / ("benchmark-quick" if args.quick else "benchmark")
     given = {"size": args.size, "n_train": args.train, "n_test": args.test, "budget_epochs": args.budget_epochs,
-             "large_budget_epochs": args.large_budget_epochs, "search_samples": args.search_samples,
+             "search_samples": args.search_samples,
              "seed_channels": args.seed_channels, "space": Path(args.space) if args.space else None,
              "cluster_sizes": tuple(args.cluster_sizes) if args.cluster_sizes else None,
              "cluster_timeout": args.cluster_timeout}

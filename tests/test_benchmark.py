@@ -72,7 +72,44 @@ def test_chroma_prior_keeps_luma_and_kfold_split(tmp_path, tiny_dacon):
     assert 0.0 <= photo_overlap(tmp_path / "kfold.csv", tiny_dacon / "sources.csv") <= 1.0
 
 
+def test_ablations_switch_off_one_ingredient_each():
+    from imgrestore.benchmarking.quality import ablation_configs
+
+    config = {"model": {"name": "effnet_unet", "freeze_encoder": True, "chroma": "regression", "prefill": "telea"},
+              "loss": {"l1": 1.0, "hue_hist": 0.5}, "epochs": 3}
+    out = ablation_configs(config)
+    assert [k.split(" ")[0] for k in out] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
+    changed = {k.split(" ")[0]: cfg for k, (_, cfg) in out.items()}
+    assert changed["(a)"]["model"]["prefill"] == "pushpull"
+    assert changed["(b)"]["model"]["chroma"] == "classification" and changed["(b)"]["chroma_rebalance"] == 0.0
+    assert changed["(c)"]["loss"] == {"l1": 1.0, "hue_hist": 0.0}
+    assert changed["(d)"]["model"]["pretrained"] is False and changed["(d)"]["model"]["freeze_encoder"] is False
+    assert changed["(e)"]["calibrate_gain"] is False
+    assert config["model"]["prefill"] == "telea" and "calibrate_gain" not in config  # the input is left alone
+    for cfg in changed.values():
+        assert cfg["epochs"] == 3
+    # ingredients the config does not use have no row
+    plain = {"model": {"name": "unet", "chroma": "classification", "prefill": "pushpull"}, "loss": {"l1": 1.0},
+             "calibrate_gain": False}
+    assert [k.split(" ")[0] for k in ablation_configs(plain)] == ["(b)"]
+
+
+def test_quick_space_fits_64_px(tmp_path):
+    from imgrestore.benchmarking.runner import BenchConfig, bench_space
+    from imgrestore.tuning.space import load_space
+
+    space, changes = bench_space(BenchConfig.quick_preset(photos="bundled", work=tmp_path), "split.csv")
+    assert space.config["model"]["net_size"] is None and space.config["image_size"] == 64
+    assert space.config["epochs"] == 2 and space.num_samples == 2 and space.scheduler == {"name": "fifo"}
+    assert "model.net_size 128 -> null" in changes and space.name == "cpu-benchmark"
+    full, changes = bench_space(BenchConfig(photos="bundled", work=tmp_path), "split.csv")
+    assert changes == [] and full.config["model"]["net_size"] == 128  # the default run: cpu.yaml as written
+    written = load_space(BenchConfig.space)
+    assert full.scheduler == written.scheduler and full.num_samples == written.num_samples
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a few minutes alone; the 2-core machine is often shared
 def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
     sys.path.insert(0, str(ROOT / "pipelines"))
     try:
@@ -93,18 +130,32 @@ def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
         assert "- date: " in body
 
     quality = tables_under(text, "### Held-out test set (6 images; best test score in bold)")[0]
-    assert [r["method"] for r in quality] == [
-        "damaged input as RGB", "Telea inpaint, no colour", "Telea + global mean Cb/Cr",
-        "Telea + cluster Cb/Cr by luma", "seed recipe, KFold validation", "seed recipe, group-fold validation",
-        "platform champion (demo search)", "champion config, larger budget"]
+    methods = [r["method"] for r in quality]
+    assert methods[:8] == [
+        "classical: input_copy", "classical: telea", "classical: navier_stokes", "classical: fsr",
+        "telea + global mean Cb/Cr", "telea + cluster Cb/Cr by luma", "seed recipe, KFold validation",
+        "platform champion"]
+    assert methods[8:] in ([], ["best trial (lost on validation)"])  # when a classical restorer won
     for row in quality:
         for col in ("test S", "test M", "test C", "test score"):
             assert math.isfinite(number(row[col])) and -1 <= number(row[col]) <= 1, (row["method"], col)
-    for row in quality[4:]:
+    for row in quality[:4] + quality[6:]:  # classical: the search's baselines; models: their validation
         assert math.isfinite(number(row["val score"])) and math.isfinite(number(row["gap (val − test)"]))
+    champion = text[text.index("### The champion"):text.index("### Ablations")]
+    assert "A learned family won: yes." in champion or "A learned family won: no" in champion
+    assert "held-out test: " in champion and "validation: polish scored " in champion
+    ablations = tables_under(text, "### Ablations")[0]
+    labels = [r["ablation"].split(" ")[0] for r in ablations]
+    assert labels == ["polish:", "(f)", "(a)", "(b)", "(c)", "(d)", "(e)"]  # cpu.yaml's recipe uses every one
+    assert ablations[1]["Δ test vs (f)"] == "reference"
+    for row in ablations:
+        assert math.isfinite(number(row["test score"])) and math.isfinite(number(row["val score"]))
+    for row in ablations[2:]:
+        assert math.isfinite(number(row["train s"])) and 1 <= int(row["epoch tested"]) <= 2
     per_cluster = tables_under(text, "### Test score per scene cluster (test images' predicted cluster; best of "
                                "each row in bold)")[0]
-    assert per_cluster[-1]["cluster"] == "**all**" and "champion" in per_cluster[0]
+    assert per_cluster[-1]["cluster"] == "**all**" and "champion" in per_cluster[0] and "fsr" in per_cluster[0]
+    assert "model.net_size 128 -> null" in text  # quick mode: the network cannot work above 64 px
 
     stages = tables_under(text, "### Stages of this run")[0]
     assert {"dataset build", "inference at 128 px"} <= {r["stage"] for r in stages}
@@ -120,10 +171,39 @@ def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
     assert all(math.isfinite(v) for v in shares.values())
     assert 0 < shares["share of the trials' wall time spent training + validating"] <= 100
     inference = tables_under(text, "### Inference at 128 px (`restore`, one image at a time, torch on every core)")[0]
-    assert len(inference) == 6 and all(number(r["images/s"]) > 0 for r in inference)
+    assert len(inference) == 5 and all(number(r["images/s"]) > 0 for r in inference)  # champion, seed,
+    assert [r["model"] for r in inference][-2:] == ["classical: telea", "classical: fsr"]  # untrained, classical
     growth = tables_under(text, "### How it grows from 1k to 30k images")[0]
     assert {"1k", "5k", "30k"} <= set(growth[0])
     assert any("(extrap.)" in r["30k"] for r in growth)
+
+
+def test_demo_time_scores_the_registered_champion_on_held_out_images(tmp_path, tiny_dacon, monkeypatch):
+    import importlib.util
+
+    from mlflow.tracking import MlflowClient
+
+    from imgrestore.models import create_model
+    from imgrestore.tracking import get_or_create_experiment, setup_tracking
+    from imgrestore.tracking.champion import log_champion
+    from imgrestore.training.checkpoint import save_model
+
+    monkeypatch.chdir(tmp_path)
+    uri = setup_tracking(f"sqlite:///{tmp_path}/mlflow.db")  # where tune.py's run would have left it
+    run = MlflowClient(uri).create_run(get_or_create_experiment("demo", uri))
+    ckpt = save_model(create_model("telea"), tmp_path / "telea")  # a classical champion: nothing to train
+    model_uri, _, _ = log_champion(ckpt, run.info.run_id, "imgrestore-demo", uri, 0.4, "f", "test")
+    spec = importlib.util.spec_from_file_location("demo_time", ROOT / "benchmarks" / "demo_time.py")
+    demo_time = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_time)
+    rows = demo_time.score_held_out(tmp_path, model_uri, data=tiny_dacon)
+    assert list(rows) == ["demo champion", "classical: input_copy", "classical: telea", "classical: navier_stokes",
+                          "classical: fsr"]
+    assert len(rows["demo champion"]["frame"]) == 6
+    pd.testing.assert_frame_equal(rows["demo champion"]["frame"], rows["classical: telea"]["frame"])
+    lines = demo_time.held_out_table(rows)
+    assert len(lines) == 2 + 5 and lines[2].endswith("| - |")
+    assert "+0.0000 ± 0.0000 (higher on 0 of 6 images)" in lines[4]  # the champion is telea
 
 
 def test_bad_input_is_an_error_line_before_any_work(tmp_path, capsys):

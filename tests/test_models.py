@@ -162,7 +162,7 @@ def test_rebuild_from_config(key):
     torch.manual_seed(0)
     model = build(key)
     randomise_heads(model)
-    model.chroma_gain = 1.7  # calibrated after training: must travel with the config
+    model.chroma_gain, model.hole_chroma = 1.7, 0.5  # calibrated after training: they travel with the config
     config = json.loads(json.dumps(model.config))  # plain data
     clone = create_model(model.name, **config)
     assert clone.config == model.config

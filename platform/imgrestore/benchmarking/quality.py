@@ -1,4 +1,5 @@
-"""Restoration quality on a held-out test set: baselines, the original seed's recipe, the platform's models.
+"""Restoration quality on a held-out test set: the classical restorers, the seed's recipe, the search's champion
+and its ablations.
 
 Every method restores the same held-out test inputs (photos disjoint from the training photos) at their full
 size. As at submission time the damaged region is found from the input alone (`detect_mask`); the score
@@ -6,13 +7,13 @@ uses the competition's mask (`input != gray(truth)`), exactly as `imgrestore.met
 """
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -20,10 +21,11 @@ from PIL import Image
 from imgrestore.data.io import read_gray, read_rgb, write_csv
 from imgrestore.data.masks import detect_mask, true_mask
 from imgrestore.metrics import score_image
+from imgrestore.tuning.baselines import CLASSICAL_FAMILIES
 
-# The original seed's recipe: a two-stage U-Net (inpaint gray, then colourise), L1 + MSE, no push-pull prefill
-# (the seed had none), validated on a plain KFold fold of images. Width/depth are scaled to the CPU budget.
-SEED_MODEL = {"name": "two_stage_unet", "depth": 3, "prefill": False}
+# The original seed's recipe: a two-stage U-Net (inpaint gray, then colourise), L1 + MSE, no prefill and no gain
+# calibration (the seed had neither), validated on a plain KFold fold of images. Width/depth scaled to a CPU.
+SEED_MODEL = {"name": "two_stage_unet", "depth": 3, "prefill": "none"}
 SEED_LOSS = {"l1": 1.0, "mse": 1.0}
 
 
@@ -37,9 +39,14 @@ class TestImage:
     cluster: int
 
 
-def load_test_set(data_dir: Path, test_csv: Path) -> list[TestImage]:
-    """The held-out images (test_input/ with test_gt/) and their predicted scene cluster."""
-    frame = pd.read_csv(test_csv)
+def load_test_set(data_dir: Path, test_csv: Path | None = None) -> list[TestImage]:
+    """The held-out images (test_input/ with test_gt/); their predicted scene cluster from `test_csv`
+    (preprocess's test_preproc_1.csv), or -1 for every image without it."""
+    data_dir = Path(data_dir)
+    if test_csv is not None:
+        frame = pd.read_csv(test_csv)[["name", "cluster"]]
+    else:
+        frame = pd.DataFrame({"name": sorted(p.name for p in (data_dir / "test_input").glob("*.png")), "cluster": -1})
     out = []
     for row in frame.itertuples(index=False):
         gray = read_gray(data_dir / "test_input" / row.name)
@@ -58,16 +65,22 @@ def score_method(test: list[TestImage], predict: Callable[[TestImage], np.ndarra
     return frame
 
 
-# -- classical baselines ----------------------------------------------------------------------------------
-def as_rgb(gray: np.ndarray) -> np.ndarray:
-    return np.repeat(gray[..., None], 3, axis=-1)
+def model_predictor(model) -> Callable[[TestImage], np.ndarray]:
+    """A model (learned or classical) restoring each test input with its detected mask, as at submission."""
+    from imgrestore.submission.predict import restore
+
+    model = model.eval()
+    return lambda im: restore(model, im.gray, im.detected)
 
 
-def telea(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """OpenCV Telea inpainting of the region (radius 3): the gray image with the hole filled."""
-    return cv2.inpaint(gray, mask.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
+def classical_predictors() -> dict[str, Callable[[TestImage], np.ndarray]]:
+    """The registered classical restorers (input_copy, telea, navier_stokes, fsr) at their defaults."""
+    from imgrestore.models import create_model
+
+    return {name: model_predictor(create_model(name)) for name in CLASSICAL_FAMILIES}
 
 
+# -- colour from the training truths: a cheap prior, to show what a mean colour does to the hue term --------
 class ChromaPrior:
     """Mean Cb/Cr of the training ground truths, per luma bin (16 bins of Y) and per scene cluster.
 
@@ -109,20 +122,13 @@ class ChromaPrior:
         return np.asarray(Image.fromarray(ycc, "YCbCr").convert("RGB"))
 
 
-def baselines(prior: ChromaPrior) -> dict[str, Callable[[TestImage], np.ndarray]]:
-    return {
-        "damaged input as RGB": lambda im: as_rgb(im.gray),
-        "Telea inpaint, no colour": lambda im: as_rgb(telea(im.gray, im.detected)),
-        "Telea + global mean Cb/Cr": lambda im: prior.colorize(telea(im.gray, im.detected), im.cluster, False),
-        "Telea + cluster Cb/Cr by luma": lambda im: prior.colorize(telea(im.gray, im.detected), im.cluster, True),
-    }
+def prior_predictors(prior: ChromaPrior) -> dict[str, Callable[[TestImage], np.ndarray]]:
+    """The `telea` restorer's gray (its first channel: R = G = B = Y) coloured by the prior."""
+    from imgrestore.models import create_model
 
-
-def model_predictor(model) -> Callable[[TestImage], np.ndarray]:
-    from imgrestore.submission.predict import restore
-
-    model = model.eval()
-    return lambda im: restore(model, im.gray, im.detected)
+    telea = model_predictor(create_model("telea"))
+    return {"telea + global mean Cb/Cr": lambda im: prior.colorize(telea(im)[..., 0], im.cluster, False),
+            "telea + cluster Cb/Cr by luma": lambda im: prior.colorize(telea(im)[..., 0], im.cluster, True)}
 
 
 # -- splits -----------------------------------------------------------------------------------------------
@@ -147,6 +153,46 @@ def photo_overlap(split_csv: Path, sources_csv: Path, val_fold: int = 0) -> floa
     return float(val["photo"].isin(set(train["photo"])).mean()) if len(val) else float("nan")
 
 
+# -- ablations: one ingredient of the best trial's config switched off -------------------------------------
+def ablation_configs(config: dict) -> dict[str, tuple[str, dict]]:
+    """label -> (what changed, config) for every ingredient the config actually uses; an ingredient it does
+    not use (already push-pull, no hue-histogram loss, ...) has no row. The FSR polish (f) needs no training:
+    it is the trial's own checkpoint, see runner.champion."""
+    out = {}
+    model, loss = config.get("model", {}), config.get("loss", {})
+
+    def variant(**changes) -> dict:
+        cfg = copy.deepcopy(config)
+        for key, value in changes.items():  # "model.prefill" -> cfg["model"]["prefill"]
+            *parents, leaf = key.split(".")
+            node = cfg
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return cfg
+
+    prefill = model.get("prefill", "telea")
+    if prefill != "pushpull":
+        out[f"(a) push-pull prefill instead of {prefill}"] = ("model.prefill: pushpull",
+                                                              variant(**{"model.prefill": "pushpull"}))
+    chroma = model.get("chroma", "regression")
+    if chroma in ("regression", "classification"):
+        other = "classification" if chroma == "regression" else "regression"
+        out[f"(b) chroma by {other} instead of {chroma}"] = (
+            f"model.chroma: {other}, chroma_rebalance: 0.0",
+            variant(**{"model.chroma": other, "chroma_rebalance": 0.0}))
+    if loss.get("hue_hist", 0):
+        out["(c) no hue-histogram loss"] = (f"loss.hue_hist: {loss['hue_hist']} -> 0",
+                                            variant(**{"loss.hue_hist": 0.0}))
+    if model.get("name") == "effnet_unet" and (model.get("pretrained", True) or model.get("freeze_encoder")):
+        out["(d) encoder random-init and trained"] = ("model.pretrained: false, model.freeze_encoder: false",
+                                                      variant(**{"model.pretrained": False,
+                                                                 "model.freeze_encoder": False}))
+    if config.get("calibrate_gain", True):
+        out["(e) no gain calibration"] = ("calibrate_gain: false", variant(calibrate_gain=False))
+    return out
+
+
 # -- training outside Tune (one Ray task per run, one CPU each, as a trial gets) ---------------------------
 def _train_job(config: dict, ckpt_out: str) -> dict:
     import torch
@@ -154,16 +200,19 @@ def _train_job(config: dict, ckpt_out: str) -> dict:
     from imgrestore.training.loop import train
 
     torch.set_num_threads(1)
-    rows = []
+    rows, best = [], {"score": -float("inf")}
 
-    def report(metrics: dict, checkpoint_dir: str) -> None:  # keep the last epoch's checkpoint
+    def report(metrics: dict, checkpoint_dir: str) -> None:
+        # keep the best validation epoch's checkpoint, as Tune keeps a trial's (the champion comes from it)
         rows.append(metrics)
-        shutil.rmtree(ckpt_out, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, ckpt_out)
+        if metrics["score"] > best["score"]:
+            best.update(metrics)
+            shutil.rmtree(ckpt_out, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, ckpt_out)
 
     t0 = time.perf_counter()
     train(config, report)
-    return {"rows": rows, "wall_s": time.perf_counter() - t0, "checkpoint": ckpt_out}
+    return {"rows": rows, "best": dict(best), "wall_s": time.perf_counter() - t0, "checkpoint": ckpt_out}
 
 
 def train_runs(jobs: dict[str, dict], out_dir: Path) -> dict[str, dict]:
@@ -171,5 +220,5 @@ def train_runs(jobs: dict[str, dict], out_dir: Path) -> dict[str, dict]:
     import ray
 
     remote = ray.remote(num_cpus=1, max_retries=0)(_train_job)
-    refs = {name: remote.remote(cfg, str(out_dir / name.replace(" ", "_"))) for name, cfg in jobs.items()}
+    refs = {name: remote.remote(cfg, str(out_dir / f"run{i}")) for i, (name, cfg) in enumerate(jobs.items())}
     return {name: ray.get(ref) for name, ref in refs.items()}

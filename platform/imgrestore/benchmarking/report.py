@@ -49,6 +49,25 @@ def machine_line(info: dict) -> str:
             f"Python {info['python']}, torch {info['torch']}, Ray {info['ray']}")
 
 
+def busy(machine: dict, load_end: str) -> bool:
+    """Was the CPU shared: a 1-minute load average above 3/4 of the cores at the start or the end?"""
+    try:
+        return max(float(x.split(" / ")[0]) for x in (machine["load_start"], load_end)) > 0.75 * machine["cores"]
+    except (ValueError, TypeError):
+        return False
+
+
+def header(res, what: str) -> list[str]:
+    """The command, machine and date lines of a section written from a BenchResult."""
+    m = res.machine
+    load = (f"load average (1/5/15 min) at start {m['load_start']}, at end {res.load_end}"
+            + (f" on {m['cores']} cores: other jobs shared the CPU, so absolute times are pessimistic"
+               if busy(m, res.load_end) else ""))
+    return [f"- command: `{res.cfg.command}`",
+            f"- machine: {machine_line(m)}",
+            f"- date: {m['date']}; {what}; {load}; every comparison below comes from this one run"]
+
+
 # -- memory -----------------------------------------------------------------------------------------------
 def _children_map() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
@@ -139,6 +158,20 @@ class Stages:
 
 
 # -- markdown ---------------------------------------------------------------------------------------------
+def model_desc(model: dict | None) -> str:
+    """A model config in a few words: family, width, network size, chroma head, prefill, encoder."""
+    if not model:
+        return "-"
+    parts = [f"{model['base_channels']} ch" if "base_channels" in model else "",
+             f"depth {model['depth']}" if "depth" in model else "",
+             f"net {model['net_size']} px" if model.get("net_size") else "",
+             f"chroma {model['chroma']}" if "chroma" in model else "",
+             f"prefill {model['prefill']}" if "prefill" in model else "",
+             "encoder random-init" if model.get("pretrained") is False else "",
+             "encoder frozen" if model.get("freeze_encoder") else ""]
+    return f"{model['name']} " + ", ".join(p for p in parts if p) if any(parts) else model["name"]
+
+
 def fmt(x, nd: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"

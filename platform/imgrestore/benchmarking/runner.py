@@ -1,15 +1,17 @@
 """The whole benchmark, stage by stage; `run_benchmark(cfg)` returns everything `render` needs.
 
 Stages: build (or reuse) a DACON dataset from photos -> preprocess (embeddings, scene clusters, group folds)
--> baselines on the held-out test set -> the demo search (Ray Tune) and its champion -> the seed's recipe on a
-KFold and on the group split, and the champion's config at a larger budget (1-CPU Ray tasks side by side)
--> scoring every model on the test set -> 512 px inference -> embedding throughput -> UMAP / HDBSCAN sizes.
+-> the search (Ray Tune, the classical restorers scored on its validation images first) -> the champion as
+pipelines/tune.py picks it (best checkpoint, prefill polish, classical restorers) -> the ablations of the best
+trial's config and the seed's recipe (1-CPU Ray tasks side by side) -> every method on the held-out test set
+-> 512 px inference -> embedding throughput -> UMAP / HDBSCAN sizes.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,23 +19,25 @@ from pathlib import Path
 import pandas as pd
 
 from imgrestore.benchmarking import quality, throughput
-from imgrestore.benchmarking.report import Stages, load_average, machine_info
+from imgrestore.benchmarking.report import Stages, load_average, machine_info, model_desc
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository (platform/imgrestore/benchmarking/runner.py)
+RESULT_VERSION = 2  # bumped when BenchResult changes: --rerender refuses an older saved result
+CHAMPION, BEST_TRIAL, SEED = "platform champion", "best trial (lost on validation)", "seed recipe, KFold validation"
+UNPOLISHED = "(f) no prefill polish"
 
 
 @dataclass
 class BenchConfig:
     photos: str                       # a folder of colour photos, or "bundled"
     work: Path                        # datasets, Tune storage, MLflow store, checkpoints
-    size: int = 128
-    n_train: int = 200
-    n_test: int = 64
-    budget_epochs: int = 4
-    large_budget_epochs: int = 8
-    search_samples: int = 4
+    size: int = 256
+    n_train: int = 400
+    n_test: int = 100
+    budget_epochs: int | None = None  # overrides the space's epochs (trials, ablations, seed recipe) when set
+    search_samples: int | None = None  # overrides the space's num_samples when set
     seed_channels: int = 8
-    space: Path = ROOT / "search_spaces" / "demo.yaml"
+    space: Path = ROOT / "search_spaces" / "cpu.yaml"
     cluster_sizes: tuple = (1000, 5000, 30000)
     cluster_timeout: float = 300.0
     infer_images: int = 4
@@ -44,9 +48,8 @@ class BenchConfig:
 
     @classmethod
     def quick_preset(cls, **kw) -> "BenchConfig":
-        base = dict(size=64, n_train=30, n_test=6, budget_epochs=1, large_budget_epochs=2, search_samples=2,
-                    seed_channels=4, cluster_sizes=(200, 400), cluster_timeout=120.0, infer_images=2,
-                    infer_size=128, quick=True)
+        base = dict(size=64, n_train=30, n_test=6, budget_epochs=2, search_samples=2, seed_channels=4,
+                    cluster_sizes=(200, 400), cluster_timeout=120.0, infer_images=2, infer_size=128, quick=True)
         return cls(**{**base, **kw})
 
 
@@ -56,7 +59,9 @@ class BenchResult:
     machine: dict
     dataset: dict
     preprocess: dict
-    quality: dict                      # method -> {"frame": per-image scores, "val_score", "val_split", ...}
+    quality: dict                      # method -> {"frame": per-image test scores, "kind", "val_score", ...}
+    ablations: dict                    # label -> the same, for the best trial's ablations
+    champion: dict                     # the choice, the best trial, its polish, the search's baselines
     trials: list
     search: dict
     inference: list
@@ -64,10 +69,11 @@ class BenchResult:
     clustering: dict
     stages: list
     load_end: str = ""
+    version: int = RESULT_VERSION
     notes: list = field(default_factory=list)
 
 
-# -- stages ---------------------------------------------------------------------------------------------------
+# -- data and the space -----------------------------------------------------------------------------------------
 def photo_sources(photos: str):
     from imgrestore.data.build import photos_in
     from imgrestore.data.embedded import bundled_photos
@@ -94,98 +100,183 @@ def build_data(cfg: BenchConfig) -> tuple[Path, dict]:
                  "n_train": int((src.split == "train").sum()), "n_test": int((src.split == "test").sum())}
 
 
-def demo_space(cfg: BenchConfig, preproc_csv: str):
-    """The demo search space at the benchmark's budget (epochs, samples, image size)."""
-    from imgrestore.tuning.space import load_space
+def bench_space(cfg: BenchConfig, preproc_csv: str):
+    """The space as given, but for what the benchmark must change; returns (space, the changes in words)."""
+    from imgrestore.tuning.space import check_space, load_space
 
     space = load_space(cfg.space)
-    space.name = f"{space.name}-benchmark"
-    space.num_samples = cfg.search_samples
-    space.config = {**space.config, "image_size": cfg.size, "epochs": cfg.budget_epochs, "preproc_csv": preproc_csv}
-    sched = dict(space.scheduler or {})
-    if sched.get("name") == "asha":
-        sched["grace_period"] = max(1, min(int(sched.get("grace_period", 1)), cfg.budget_epochs // 2))
-        if cfg.budget_epochs < 2:
-            sched = {"name": "fifo"}
-    space.scheduler = sched or {"name": "fifo"}
-    if cfg.quick:  # tiny networks: the quick run checks the machinery, not the quality
-        space.config["model"] = {**space.config["model"], "base_channels": 4, "depth": 2}
-        space.config.update(batch_size=4, max_val_images=8)
-    return space
+    space.name = f"{space.name}-benchmark"  # its own MLflow experiment
+    config, changes = copy.deepcopy(space.config), []
+    config["preproc_csv"] = preproc_csv
+    if cfg.search_samples:
+        space.num_samples = cfg.search_samples
+        changes.append(f"num_samples {cfg.search_samples}")
+    if config.get("image_size") != cfg.size:  # train and validate at the test images' size
+        changes.append(f"image_size {config.get('image_size')} -> {cfg.size}")
+        config["image_size"] = cfg.size
+    sched = dict(space.scheduler or {"name": "fifo"})
+    if cfg.budget_epochs:
+        config["epochs"] = cfg.budget_epochs
+        changes.append(f"epochs {cfg.budget_epochs}")
+        if sched.get("name") == "asha":  # ASHA's rungs must fit the new budget
+            sched.update(max_t=cfg.budget_epochs, grace_period=min(int(sched.get("grace_period", 1)),
+                                                                   max(1, cfg.budget_epochs // 2)))
+    net = config["model"].get("net_size")
+    if cfg.quick or (isinstance(net, int) and net > cfg.size):  # the network cannot work above the image size
+        if net is not None:
+            changes.append(f"model.net_size {net} -> null")
+        config["model"] = {**config["model"], "net_size": None}
+    if cfg.quick or (sched.get("name") == "asha" and isinstance(config["epochs"], int) and config["epochs"] < 3):
+        if sched.get("name") != "fifo":
+            changes.append("scheduler fifo")
+        sched = {"name": "fifo"}
+    if cfg.quick:  # toy batches and validation: the quick run checks the machinery, not the quality
+        config.update(batch_size=4, max_val_images=8)
+        changes.append("batch_size 4, max_val_images 8")
+    space.config, space.scheduler = config, sched
+    check_space(space)
+    return space, changes
 
 
-def model_width(space) -> dict:
-    """Base channels / depth for the 512 px inference models: the space's widest choice."""
-    model = space.config["model"]
-    ch = model.get("base_channels", 16)
-    ch = max(ch["choice"]) if isinstance(ch, dict) else ch
-    return {"base_channels": int(ch), "depth": int(model.get("depth", 3))}
+# -- the search and its champion -----------------------------------------------------------------------------
+def shown_path(path) -> str:
+    """A path as the docs show it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def search(cfg: BenchConfig, space, data_dir: Path) -> tuple[object, dict]:
+def search(cfg: BenchConfig, space, data_dir: Path):
     from imgrestore.tracking import setup_tracking
-    from imgrestore.training.checkpoint import load_model
-    from imgrestore.tuning.search import best_checkpoint, run_search
+    from imgrestore.tuning.search import run_search
 
     uri = setup_tracking(f"sqlite:///{(cfg.work / 'mlflow.db').resolve()}")
     t0 = time.perf_counter()
     outcome = run_search(space, data_dir, cfg.work / "runs", uri, seed=cfg.seed, verbose=0)
-    wall = time.perf_counter() - t0
-    best, ckpt, row = best_checkpoint(outcome.results, space.metric, space.mode)
-    with ckpt.as_directory() as d:
-        model = load_model(d)
-    info = {"wall_s": wall, "slots": int(space.max_concurrent_trials or 1), "config": best.config,
-            "val_score": float(row["score"]), "epoch": int(row["epoch"]), "experiment": str(outcome.experiment_dir),
-            "n_trials": len(outcome.results), "scheduler": space.scheduler, "search": space.search}
-    return outcome.results, {**info, "model": model}
+    info = {"wall_s": time.perf_counter() - t0, "slots": int(space.max_concurrent_trials or 1),
+            "n_trials": len(outcome.results), "scheduler": space.scheduler, "search": space.search,
+            "experiment": str(outcome.experiment_dir), "space": shown_path(space.source),
+            "epochs": space.config.get("epochs"), "image_size": space.config.get("image_size")}
+    return outcome, info
 
 
-def side_runs(cfg: BenchConfig, data_dir: Path, pre, best_config: dict, space) -> dict:
-    """The seed's recipe on a KFold and on the group split, and the champion's config for longer."""
-    from imgrestore.training.loop import DEFAULTS
+def champion(cfg: BenchConfig, space, outcome) -> dict:
+    """Exactly pipelines/tune.py's choice: the best trial's best checkpoint, its inference prefill chosen on
+    validation (polish_prefill), unless a classical restorer scores higher on the same validation images."""
+    from imgrestore.training.checkpoint import load_model
+    from imgrestore.tuning.baselines import pick_champion
+    from imgrestore.tuning.polish import polish_prefill
+    from imgrestore.tuning.search import best_checkpoint
 
-    kfold_csv = quality.kfold_split_csv(Path(pre.paths["train_csv"]), data_dir / "train_preproc_kfold.csv",
-                                        int(pre.summary["n_folds"]))
-    common = {"data_dir": str(data_dir), "image_size": cfg.size, "epochs": cfg.budget_epochs, "val_fold": 0,
-              "batch_size": space.config.get("batch_size", DEFAULTS["batch_size"]), "max_val_images": 100_000,
-              "seed": cfg.seed}
-    width = {"base_channels": cfg.seed_channels, "depth": 2 if cfg.quick else quality.SEED_MODEL["depth"]}
-    seed = {**common, "model": {**quality.SEED_MODEL, **width}, "loss": dict(quality.SEED_LOSS), "lr": 1e-3}
-    large = {**{k: v for k, v in copy.deepcopy(best_config).items() if k in DEFAULTS}, **common,
-             "epochs": cfg.large_budget_epochs, "preproc_csv": pre.paths["train_csv"]}
-    jobs = {"champion config, larger budget": large,
-            "seed recipe, KFold validation": {**seed, "preproc_csv": str(kfold_csv)},
-            "seed recipe, group-fold validation": {**seed, "preproc_csv": pre.paths["train_csv"]}}
-    out = quality.train_runs(jobs, cfg.work / "side_runs")
-    for name, res in out.items():
-        res["config"] = jobs[name]
-        res["val_split"] = "KFold (images)" if "KFold" in name else "cluster-group fold"
-        res["overlap"] = quality.photo_overlap(Path(jobs[name]["preproc_csv"]), data_dir / "sources.csv")
-    return out
+    out = cfg.work / "champion"
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        best, checkpoint, row = best_checkpoint(outcome.results, space.metric, space.mode)
+    except RuntimeError as e:  # no trial reported: the classical restorers are all there is, as in tune.py
+        print(f"[benchmark] warning: {e}", flush=True)
+        return {"choice": pick_champion(None, None, outcome.baselines), "trial": None, "error": str(e),
+                "baselines": outcome.baselines}
+    with checkpoint.as_directory() as d:
+        shutil.copytree(d, out / "trial")
+    polished = polish_prefill(out / "trial", out / "polished")
+    trial = {"id": row.get("trial_id"), "epoch": int(row["epoch"]), "config": best.config,
+             "dir": str(out / "trial"), "base_prefill": load_model(out / "trial").prefill_method,
+             "prefill": polished.prefill, "score": polished.score, "scores": polished.scores,
+             "polished_dir": str(polished.checkpoint)}
+    return {"choice": pick_champion(polished.score, trial["id"], outcome.baselines), "trial": trial,
+            "baselines": outcome.baselines}
 
 
-def score_all(test, prior, search_info, side, pre, data_dir: Path) -> dict:
+def champion_model(champ: dict):
+    from imgrestore.models import create_model
     from imgrestore.training.checkpoint import load_model
 
-    group_overlap = quality.photo_overlap(Path(pre.paths["train_csv"]), data_dir / "sources.csv")
-    out = {name: {"frame": quality.score_method(test, fn), "kind": "baseline"}
-           for name, fn in quality.baselines(prior).items()}
-    for name in ("seed recipe, KFold validation", "seed recipe, group-fold validation"):
-        res = side[name]
-        out[name] = {"frame": quality.score_method(test, quality.model_predictor(load_model(res["checkpoint"]))),
-                     "kind": "model", "val_score": res["rows"][-1]["score"], "val_split": res["val_split"],
-                     "overlap": res["overlap"], "train_s": res["wall_s"], "epochs": len(res["rows"]),
-                     "model": res["config"]["model"]}
-    out["platform champion (demo search)"] = {
-        "frame": quality.score_method(test, quality.model_predictor(search_info["model"])), "kind": "model",
-        "val_score": search_info["val_score"], "val_split": "cluster-group fold", "overlap": group_overlap,
-        "train_s": None, "epochs": search_info["epoch"], "model": search_info["config"]["model"]}
-    res = side["champion config, larger budget"]
-    out["champion config, larger budget"] = {
-        "frame": quality.score_method(test, quality.model_predictor(load_model(res["checkpoint"]))), "kind": "model",
-        "val_score": res["rows"][-1]["score"], "val_split": res["val_split"], "overlap": res["overlap"],
-        "train_s": res["wall_s"], "epochs": len(res["rows"]), "model": res["config"]["model"]}
+    choice = champ["choice"]
+    return load_model(champ["trial"]["polished_dir"]) if choice.kind == "trial" else create_model(choice.name)
+
+
+def champion_desc(champ: dict) -> dict:
+    """The champion's model config: the trial's, with the prefill polish chose; or the classical family."""
+    choice, trial = champ["choice"], champ["trial"]
+    if choice.kind == "classical":
+        return {"name": choice.name}
+    return {**trial["config"]["model"], "prefill": trial["prefill"]}
+
+
+# -- ablations and the seed's recipe --------------------------------------------------------------------------
+def side_runs(cfg: BenchConfig, data_dir: Path, pre, champ: dict, space) -> dict:
+    """Each ingredient of the best trial's config switched off, and the seed's recipe on a KFold split: same
+    epochs as the best trial's config, one 1-CPU Ray task each, side by side."""
+    from imgrestore.training.loop import DEFAULTS
+    from imgrestore.tuning.baselines import validation_config
+
+    common = {"data_dir": str(data_dir), "preproc_csv": pre.paths["train_csv"], "n_samples_grid": 0}
+    trial = champ["trial"]
+    base = {**{k: v for k, v in copy.deepcopy(trial["config"]).items() if k in DEFAULTS}, **common} if trial else {}
+    epochs = base.get("epochs", space.config["epochs"])
+    kfold_csv = quality.kfold_split_csv(Path(pre.paths["train_csv"]), data_dir / "train_preproc_kfold.csv",
+                                        int(pre.summary["n_folds"]))
+    width = {"base_channels": cfg.seed_channels, "depth": 2 if cfg.quick else quality.SEED_MODEL["depth"]}
+    # the seed's recipe first: the slowest run (full-size network), so it does not start last and run alone
+    jobs = {SEED: {**common, "preproc_csv": str(kfold_csv), "image_size": cfg.size, "epochs": epochs, "val_fold": 0,
+                   "batch_size": space.config.get("batch_size", DEFAULTS["batch_size"]),
+                   "max_val_images": validation_config(space.config)["max_val_images"], "seed": cfg.seed,
+                   "model": {**quality.SEED_MODEL, **width}, "loss": dict(quality.SEED_LOSS), "lr": 1e-3,
+                   "calibrate_gain": False}}
+    changed = {SEED: "two_stage_unet, L1 + MSE, prefill none, no gain calibration, KFold validation"}
+    for label, (what, config) in quality.ablation_configs(base).items() if trial else ():
+        jobs[label], changed[label] = config, what
+    shutil.rmtree(cfg.work / "side_runs", ignore_errors=True)
+    out = quality.train_runs(jobs, cfg.work / "side_runs")
+    for name, res in out.items():
+        res.update(config=jobs[name], changed=changed[name],
+                   overlap=quality.photo_overlap(Path(jobs[name]["preproc_csv"]), data_dir / "sources.csv"))
     return out
+
+
+# -- the held-out test set ---------------------------------------------------------------------------------------
+def score_all(test, prior, champ: dict, side: dict, pre, data_dir: Path) -> tuple[dict, dict]:
+    """(main rows, ablation rows): per-image test scores of every method, with its validation figures."""
+    from imgrestore.training.checkpoint import load_model
+
+    group = {"val_split": "cluster-group fold",
+             "overlap": quality.photo_overlap(Path(pre.paths["train_csv"]), data_dir / "sources.csv")}
+    val = {r["name"]: r for r in champ["baselines"].to_dict("records")}
+    rows = {}
+    for name, fn in quality.classical_predictors().items():
+        rows[f"classical: {name}"] = {"frame": quality.score_method(test, fn), "kind": "classical", "family": name,
+                                      "val_score": val.get(name, {}).get("score"), "model": {"name": name}, **group}
+    for name, fn in quality.prior_predictors(prior).items():
+        rows[name] = {"frame": quality.score_method(test, fn), "kind": "prior"}
+
+    def trained(res: dict) -> dict:
+        frame = quality.score_method(test, quality.model_predictor(load_model(res["checkpoint"])))
+        return {"frame": frame, "val_score": res["best"]["score"], "best_epoch": int(res["best"]["epoch"]),
+                "epochs": len(res["rows"]), "train_s": res["wall_s"], "model": res["config"]["model"],
+                "changed": res["changed"], "overlap": res["overlap"]}
+
+    rows[SEED] = {**trained(side[SEED]), "kind": "seed", "val_split": "KFold (images)"}
+    choice, trial = champ["choice"], champ["trial"]
+    rows[CHAMPION] = {"frame": quality.score_method(test, quality.model_predictor(champion_model(champ))),
+                      "kind": "champion", "val_score": choice.score, "model": champion_desc(champ), **group,
+                      "best_epoch": trial["epoch"] if choice.kind == "trial" else None}
+    ablations = {}
+    if trial is None:
+        return rows, ablations
+    if choice.kind == "classical":  # the best trial still shows how far the learned models got
+        rows[BEST_TRIAL] = {"frame": quality.score_method(test, quality.model_predictor(load_model(
+            trial["polished_dir"]))), "kind": "trial", "val_score": trial["score"], "best_epoch": trial["epoch"],
+            "model": {**trial["config"]["model"], "prefill": trial["prefill"]}, **group}  # as polished
+    polished = rows[CHAMPION if choice.kind == "trial" else BEST_TRIAL]
+    ablations[f"polish: best trial, {trial['prefill']} prefill chosen on validation"] = {
+        **polished, "changed": f"polish: {', '.join(f'{k} {v:.4f}' for k, v in trial['scores'].items())} on val"}
+    ablations[UNPOLISHED] = {
+        "frame": quality.score_method(test, quality.model_predictor(load_model(trial["dir"]))),
+        "val_score": trial["scores"][trial["base_prefill"]], "best_epoch": trial["epoch"],
+        "changed": f"{trial['base_prefill']} prefill at inference, as trained", "reference": True}
+    for name, res in side.items():
+        if name != SEED:
+            ablations[name] = trained(res)
+    return rows, ablations
 
 
 def submission_check(model, test, data_dir: Path, out: Path) -> dict:
@@ -200,18 +291,25 @@ def submission_check(model, test, data_dir: Path, out: Path) -> dict:
     return summary
 
 
-def inference_models(cfg: BenchConfig, space, search_info, side) -> dict:
+def inference_models(space, champ: dict, side: dict) -> dict:
+    """The trained champion and seed, each family of the space untrained (speed does not depend on weights),
+    and the two classical fills a model may use (Telea, FSR)."""
     from imgrestore.models import create_model
     from imgrestore.training.checkpoint import load_model
+    from imgrestore.tuning.space import corner_configs
 
-    width = model_width(space)
-    models = {f"champion: {search_info['config']['model']['name']} (trained)": search_info["model"],
-              "seed recipe (trained)": load_model(side["seed recipe, KFold validation"]["checkpoint"])}
-    names = space.config["model"]["name"]
-    for name in (names["choice"] if isinstance(names, dict) else [names]):
-        extra = {"pretrained": False} if name == "effnet_unet" else {}
-        label = f"{name} {width['base_channels']} ch, depth {width['depth']} (untrained)"
-        models[label] = create_model(name, **width, **extra)
+    models = {f"champion: {model_desc(champion_desc(champ))}": champion_model(champ),
+              "seed recipe (trained)": load_model(side[SEED]["checkpoint"])}
+    families = {}
+    for corner in corner_configs(space.config["model"]):  # concrete configs touching every choice
+        families.setdefault(corner["name"], corner)
+    for name, corner in families.items():
+        kwargs = {k: v for k, v in corner.items() if k != "name"}
+        if name == "effnet_unet":
+            kwargs["pretrained"] = False
+        models[f"{model_desc(corner)} (untrained)"] = create_model(name, **kwargs)
+    for name in ("telea", "fsr"):
+        models[f"classical: {name}"] = create_model(name)
     return models
 
 
@@ -237,18 +335,19 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         train_frame = pd.read_csv(pre.paths["train_csv"]).assign(
             gt_path=lambda f: [str(data_dir / p) for p in f["gt_img_path"]])
         prior = quality.ChromaPrior(train_frame)
-        space = demo_space(cfg, pre.paths["train_csv"])
-        results, search_info = stages.run(f"Tune search ({cfg.search_samples} trials)", search, cfg, space, data_dir)
-        side = stages.run("seed recipe x2 + larger budget (Ray tasks)", side_runs, cfg, data_dir, pre,
-                          search_info["config"], space)
-        scores = stages.run("restore + score the test set (all methods)", score_all, test, prior, search_info,
-                            side, pre, data_dir)
-        search_info["submission"] = submission_check(search_info["model"], test, data_dir,
-                                                     cfg.work / "champion_submission.zip")
-        gts = [im.gt for im in test]
-        images = throughput.inference_images(gts, cfg.infer_images, cfg.infer_size, cfg.seed)
+        space, changes = bench_space(cfg, pre.paths["train_csv"])
+        outcome, search_info = stages.run(f"Tune search ({space.num_samples} trials, classical restorers first)",
+                                          search, cfg, space, data_dir)
+        search_info["changes"] = changes
+        champ = stages.run("champion (polish the prefill, pick vs classical)", champion, cfg, space, outcome)
+        side = stages.run("ablations + seed recipe (1-CPU Ray tasks)", side_runs, cfg, data_dir, pre, champ, space)
+        scores, ablations = stages.run("restore + score the test set (every method)", score_all, test, prior,
+                                       champ, side, pre, data_dir)
+        champ["submission"] = submission_check(champion_model(champ), test, data_dir,
+                                               cfg.work / "champion_submission.zip")
+        images = throughput.inference_images([im.gt for im in test], cfg.infer_images, cfg.infer_size, cfg.seed)
         inference = stages.run(f"inference at {cfg.infer_size} px", throughput.bench_inference,
-                               inference_models(cfg, space, search_info, side), images)
+                               inference_models(space, champ, side), images)
         ds = pd.read_csv(data_dir / "train.csv")
         paths = [str(data_dir / p) for p in ds["gt_img_path"]] + \
                 [str(data_dir / "test_input" / im.name) for im in test]
@@ -262,7 +361,6 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
             ray.shutdown()
     counts = {str(int(c)): int(n) for c, n in train_frame["cluster"].value_counts().items()}
     return BenchResult(cfg, machine, dataset, {**pre.summary, "reused": pre.reused, "train_cluster_counts": counts},
-                       scores,
-                       throughput.trial_rows(results), {k: v for k, v in search_info.items() if k != "model"},
+                       scores, ablations, champ, throughput.trial_rows(outcome.results), search_info,
                        inference, embedding, {"warmup_s": warm, "rows": cl_rows, "dim": dim}, stages.rows,
                        load_end=load_average())

@@ -18,7 +18,7 @@ from imgrestore.data.io import read_rgb
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "photos"
 # Bumped whenever the recipe below changes, so a stale cache is never reused.
 RECIPE_VERSION = 3  # 3: 68 more bundled photos (scratch, lomiri-wallpapers, kivy, scipy)
-DEMO_CONFIG = BuildConfig(size=128, n_train=96, n_test=24, seed=2026)
+DEMO_CONFIG = BuildConfig(size=128, n_train=128, n_test=40, seed=2026)
 
 
 def _package_file(module: str, *parts: str) -> Path:

@@ -19,8 +19,9 @@ and optionally its own luma residual (``two_stage_unet``). Everything else is he
      ``imgrestore.training.loop``. Regression of chroma collapses to a near-gray mean whose hue is noise;
      classes keep the most likely hue.
 
-   then multiplied by ``chroma_gain`` (calibrated on validation after training, saved in the config) and
-   scaled into the RGB gamut at the pixel's Y (``color.gamut_limit``), so RGB is never clamped and the luma
+   then multiplied by ``chroma_gain`` (times ``hole_chroma`` inside the lost region, where a wrong colour
+   also costs the metric's masked SSIM; both calibrated on validation, saved in the config) and scaled
+   into the RGB gamut at the pixel's Y (``color.gamut_limit``), so RGB is never clamped and the luma
    stays the input's.
 
 ``forward(gray, mask)`` returns RGB (B,3,H,W) in [0,1]; ``forward(..., return_aux=True)`` returns a dict with
@@ -49,7 +50,7 @@ class Restorer(nn.Module):
 
     def __init__(self, prefill: str = "telea", prefill_radius: int = 5, chroma: str = "regression",
                  chroma_bins: int = 14, chroma_temperature: float = 0.38, chroma_gain: float = 1.0,
-                 net_size: int | None = None):
+                 hole_chroma: float = 1.0, net_size: int | None = None):
         super().__init__()
         if prefill not in PREFILLS:
             raise ValueError(f"prefill must be one of {PREFILLS}, got {prefill!r}")
@@ -58,10 +59,10 @@ class Restorer(nn.Module):
         # config: the constructor's keyword arguments (create_model(name, **config) rebuilds the model)
         self.config = dict(prefill=prefill, prefill_radius=int(prefill_radius), chroma=chroma,
                            chroma_bins=int(chroma_bins), chroma_temperature=float(chroma_temperature),
-                           chroma_gain=float(chroma_gain), net_size=net_size)
+                           chroma_gain=float(chroma_gain), hole_chroma=float(hole_chroma), net_size=net_size)
         self.net_size = int(net_size) if net_size else None
         self.prefill_method, self.prefill_radius, self.chroma_mode = prefill, int(prefill_radius), chroma
-        self.chroma_temperature, self._gain = float(chroma_temperature), float(chroma_gain)
+        self.chroma_temperature, self._gain, self._hole = float(chroma_temperature), float(chroma_gain), float(hole_chroma)
         self.multiple = 1
         self.bins = ChromaBins(chroma_bins) if chroma == "classification" else None
 
@@ -90,6 +91,16 @@ class Restorer(nn.Module):
         if "chroma_gain" in self.config:
             self.config["chroma_gain"] = self._gain
 
+    @property
+    def hole_chroma(self) -> float:
+        return self._hole
+
+    @hole_chroma.setter
+    def hole_chroma(self, factor: float) -> None:
+        self._hole = float(factor)
+        if "hole_chroma" in self.config:
+            self.config["hole_chroma"] = self._hole
+
     def features(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(B,2,H,W) padded (prefilled gray, mask) -> features, or (luma residual, features)."""
         raise NotImplementedError
@@ -107,12 +118,17 @@ class Restorer(nn.Module):
         chroma = F.interpolate(raw, size=feats.shape[-2:], mode="bilinear", align_corners=False)
         return crop_to(chroma, size), logits
 
-    def compose(self, y: torch.Tensor, chroma: torch.Tensor, gain: float | None = None) -> torch.Tensor:
-        """RGB with luma ``y`` and ``chroma`` times ``gain``. Default: the calibrated gain in eval mode, 1 while
-        training (the gain is a decoding-time calibration; training always sees the raw chroma)."""
+    def compose(self, y: torch.Tensor, chroma: torch.Tensor, mask: torch.Tensor, gain: float | None = None,
+                hole: float | None = None) -> torch.Tensor:
+        """RGB with luma ``y`` and ``chroma`` times ``gain`` (times ``hole`` inside the mask). Defaults: the
+        calibrated values in eval mode, 1 while training (they are a decoding-time calibration; training
+        always sees the raw chroma)."""
         if gain is None:
             gain = 1.0 if self.training else self.chroma_gain
-        return compose_rgb(y, chroma * gain)
+        if hole is None:
+            hole = 1.0 if self.training else self.hole_chroma
+        scale = gain * (1 - mask * (1 - hole)) if hole != 1.0 else gain
+        return compose_rgb(y, chroma * scale)
 
     def forward(self, gray: torch.Tensor, mask: torch.Tensor, return_aux: bool = False):
         check_inputs(gray, mask)
@@ -132,7 +148,7 @@ class Restorer(nn.Module):
                 dy, chroma = (F.interpolate(t, size=full, mode="bilinear", align_corners=False) for t in (dy, chroma))
             filled = clamp01_st(filled + dy)
         y = gray * (1 - mask) + filled * mask  # the known gray, exactly; the model's luma only inside the hole
-        rgb = self.compose(y, chroma)
+        rgb = self.compose(y, chroma, mask)
         if return_aux:
             return {"rgb": rgb, "y": y, "chroma": chroma, "chroma_logits": logits}
         return rgb

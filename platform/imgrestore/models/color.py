@@ -142,7 +142,10 @@ class ChromaBins:
 
         ``counts``: (Q,) soft class counts from training images; p̃ is their Gaussian-smoothed distribution.
         Rare (saturated) colours weigh more, so the classifier does not collapse onto the common desaturated bins.
+        ``mix`` must be in (0, 1]: at 0 a class never seen would weigh infinitely (use no weights instead).
         """
+        if not 0 < mix <= 1:
+            raise ValueError(f"rebalancing mix must be in (0, 1], got {mix}")
         p = counts.double().view(1, 1, self.per_axis, self.per_axis)
         r = max(1, int(round(3 * sigma_bins)))
         k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma_bins) ** 2)

@@ -212,8 +212,13 @@ class EffNetUNet(Restorer):
         # photos fine-tuning them mostly forgets, and a frozen encoder needs no backward pass (CPU training).
         self.freeze_encoder = bool(freeze_encoder)
         self.encoder.requires_grad_(not self.freeze_encoder)
-        self.mask_stem = SameConv2d(1, 32, 3, stride=2)
-        nn.init.zeros_(self.mask_stem.weight)
+        # The mask enters the encoder through a zero-initialised stem of its own, unless the encoder is frozen:
+        # then the encoder runs without autograd (no backward through it at all; the decoder's full-resolution
+        # skip still carries the mask).
+        self.mask_stem = None
+        if not self.freeze_encoder:
+            self.mask_stem = SameConv2d(1, 32, 3, stride=2)
+            nn.init.zeros_(self.mask_stem.weight)
 
         # Decoder level i works at stride 2**i (i = depth-1 .. 0).
         dec = [min(base_channels * 2**i, max_channels) for i in range(depth)]
@@ -234,7 +239,12 @@ class EffNetUNet(Restorer):
 
     def features(self, x):
         g, m = x[:, :1], x[:, 1:]
-        feats = self.encoder((g.expand(-1, 3, -1, -1) - self.mean) / self.std, self.mask_stem(m))
+        rgb_like = (g.expand(-1, 3, -1, -1) - self.mean) / self.std
+        if self.mask_stem is None:
+            with torch.no_grad():
+                feats = self.encoder(rgb_like)
+        else:
+            feats = self.encoder(rgb_like, self.mask_stem(m))
         skips = [x] + feats[:-1]
         y = feats[-1]
         for dec in self.decoders:

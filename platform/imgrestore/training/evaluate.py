@@ -2,9 +2,10 @@
 
 A model's chroma (Cb, Cr) comes out desaturated or over-saturated depending on its loss; the metric's hue term
 counts every pixel's hue whatever its saturation, and its SSIM terms punish wrong colour. One scalar gain on the
-chroma, picked on validation, trades the two; it is saved in the model's config, so the checkpoint and the
-submission use it. The grid includes 0 (no colour): a model is never scored below its own gray.
-The validation score reported for an epoch is the one at the chosen gain.
+chroma, picked on validation, trades the two, then a factor on it inside the lost region (where a wrong colour
+also costs the masked SSIM, 40% of the score); both are saved in the model's config, so the checkpoint and the
+submission use them. The grids include 0 (no colour): a model is never scored below its own gray.
+The validation score reported for an epoch is the one at the chosen values.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from imgrestore.metrics import KEYS, score_image
 from imgrestore.training.data import to_uint8_restored, to_uint8_rgb
 
 GAIN_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+HOLE_GRID = (0.0, 0.5, 1.0)
 
 
 def _batches(dataset, limit: int, batch_size: int):
@@ -48,27 +50,32 @@ def evaluate(model, dataset, device, limit: int, n_grid: int, calibrate: bool = 
             outputs.append((gray[j], mask[j], to_uint8_rgb(rgb[j]), aux["y"][j:j + 1].float().cpu(),
                             aux["chroma"][j:j + 1].float().cpu()))
 
-    def score(items, gain):
+    def score(items, gain=None, hole=None):
         rows = []
         for gray, mask, gt, y, chroma in items:
-            pred = to_uint8_restored(model.compose(y, chroma, gain)[0], gray, mask)
+            pred = to_uint8_restored(model.compose(y, chroma, mask[None], gain, hole)[0], gray, mask)
             rows.append(score_image(gt, pred, mask[0].numpy() > 0))
         return rows
 
+    def mean_score(items, gain, hole):
+        return float(np.mean([r["score"] for r in score(items, gain, hole)]))
+
     has_colour = getattr(model, "chroma_mode", "none") != "none"
     extra = {}
-    if has_colour and calibrate:
+    if has_colour and calibrate:  # the gain first (colour as it is inside the hole), then the hole's factor
         sub = outputs[:calibration_images]
-        by_gain = {g: float(np.mean([r["score"] for r in score(sub, g)])) for g in GAIN_GRID}
+        by_gain = {g: mean_score(sub, g, 1.0) for g in GAIN_GRID}
         model.chroma_gain = max(by_gain, key=by_gain.get)
+        by_hole = {h: mean_score(sub, model.chroma_gain, h) for h in HOLE_GRID} if model.chroma_gain else {1.0: 0}
+        model.hole_chroma = max(by_hole, key=by_hole.get)
     if has_colour:
-        extra = {"chroma_gain": model.chroma_gain,
-                 "score_gray": float(np.mean([r["score"] for r in score(outputs, 0.0)]))}
-    rows = score(outputs, model.chroma_gain if has_colour else 1.0)
+        extra = {"chroma_gain": model.chroma_gain, "hole_chroma": model.hole_chroma,
+                 "score_gray": mean_score(outputs, 0.0, 0.0)}
+    rows = score(outputs)
     metrics = {k: float(np.mean([r[k] for r in rows])) for k in KEYS} if rows else {}
     shown = []
     for gray, mask, gt, y, chroma in _spread(outputs, n_grid):
-        pred = to_uint8_restored(model.compose(y, chroma)[0], gray, mask)
+        pred = to_uint8_restored(model.compose(y, chroma, mask[None])[0], gray, mask)
         shown.append(((gray[0].numpy() * 255).round().astype(np.uint8), pred, gt))
     return {**metrics, **extra}, shown
 

@@ -174,7 +174,9 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
     trainable = is_trainable(model)
     loss_fn = build_loss(cfg["loss"])
     bins = getattr(model, "bins", None)  # chroma classes (chroma="classification")
-    class_weights = chroma_class_weights(train_ds, bins, cfg["chroma_rebalance"]) if bins is not None else None
+    class_weights = None  # rebalancing 0: the plain (calibrated) class probabilities
+    if bins is not None and cfg["chroma_rebalance"] > 0:
+        class_weights = chroma_class_weights(train_ds, bins, cfg["chroma_rebalance"])
     if sampler is not None and torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
         raise ValueError("cluster_balanced sampling is not supported in data-parallel trials (workers > 1): "
@@ -217,6 +219,9 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
             if out.get("chroma_logits") is not None and cfg["chroma_class_weight"]:
                 ce = chroma_class_loss(out["chroma_logits"], rgb, bins, class_weights)
                 loss, parts = loss + cfg["chroma_class_weight"] * ce, {**parts, "chroma_class": ce.detach()}
+            if not torch.isfinite(loss):  # fail the trial now, not after hours of NaN epochs
+                raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1} "
+                                         f"({', '.join(f'{k} {float(v):.4g}' for k, v in parts.items())})")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg["grad_clip"]:
