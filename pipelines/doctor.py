@@ -1,7 +1,7 @@
 """What this node has for imgrestore, in seconds; with --bench, what its GPU (or CPU) does with each stage.
 
     PYTHONPATH=platform python3 pipelines/doctor.py                 # Python, torch, CUDA, cuML, Ray, MLflow, weights
-    PYTHONPATH=platform python3 pipelines/doctor.py --bench         # + clustering, embedding, metric measurements
+    PYTHONPATH=platform python3 pipelines/doctor.py --bench         # + clustering, embedding, metric, training
     PYTHONPATH=platform python3 pipelines/doctor.py --bench --quick # tiny sizes (a CPU test runs this)
     ... --bench --write-docs docs/benchmarks.md                     # also write the "GPU" section (GPU nodes only)
 
@@ -9,7 +9,13 @@ Runs from the source root without installing, on any torch >= 2.11; every other 
 umap-learn, hdbscan, cuml, transformers...) is optional and imported inside the check that needs it: a missing
 one is reported as "not installed here", never a crash. Nothing is started or created: a Ray cluster is only
 looked at if one is running, the MLflow store only read. (The --bench embedding rows start a throwaway local
-Ray on this node.)
+Ray on this node; so does the two-trial search, with a throwaway MLflow store in a temporary folder.)
+
+--bench also measures the training code (imgrestore.gpu_bench, on a synthetic 512 px DACON-format set built in a
+temporary folder): training images/s and peak GPU memory of every search_spaces/dacon.yaml model configuration in
+bf16 and fp32 (flagged over 24 GiB), the share of a step spent waiting for the DataLoader, one epoch's validation
+time (CPU metric as training runs it, and the torch metric on the device), and a two-trial search end to end.
+Without --quick those rows measure on a GPU only; --quick runs them tiny, on a CPU too (fp32, labelled).
 """
 from __future__ import annotations
 
@@ -234,9 +240,11 @@ def node_report(ray_address: str, tracking_uri: str) -> dict:
 def run_bench(quick: bool) -> list[dict]:
     from imgrestore import gpu_bench
 
+    benches = [("(a) clustering", gpu_bench.bench_clustering), ("(b) embedding", gpu_bench.bench_embedding),
+               ("(c) validation metric", gpu_bench.bench_metric)]
+    benches += [(name, fn) for name, fn in gpu_bench.TRAINING_BENCHES.items()]  # (d)-(g): the training code
     rows = []
-    for title, fn in (("(a) clustering", gpu_bench.bench_clustering), ("(b) embedding", gpu_bench.bench_embedding),
-                      ("(c) validation metric", gpu_bench.bench_metric)):
+    for title, fn in benches:
         t = time.perf_counter()
         print(f"measuring {title} ...", flush=True)
         try:
@@ -244,9 +252,6 @@ def run_bench(quick: bool) -> list[dict]:
         except Exception as e:  # a bench must never take the report down
             rows.append(gpu_bench.row(title, gpu_bench.missing(e)))
         print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
-    for name, hook in gpu_bench.HOOKS.items():
-        got = hook(quick)
-        rows += got if got else [gpu_bench.row(name, "not yet wired", "needs the training code")]
     return rows
 
 
@@ -280,7 +285,8 @@ def write_docs(path: Path, section: str) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bench", action="store_true", help="also measure clustering, embedding and the metric")
+    p.add_argument("--bench", action="store_true",
+                   help="also measure clustering, embedding, the metric and the training code")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds on a CPU), for tests")
     p.add_argument("--write-docs", metavar="PATH", help="write the GPU measurements as the 'GPU' section of PATH")
     p.add_argument("--ray-address", default="auto",

@@ -6,6 +6,9 @@
 --data reads only the test side of a DACON folder (test.csv, or test_input/ by name): the train side
 may be absent or broken. --input takes any folder of damaged gray images. Every input is validated
 before the model is loaded. Bad input: `error: <message>` on stderr, exit status 2.
+
+An existing --out is replaced only if it is a submission zip imgrestore wrote (its comment names the run that
+wrote it, and the replacement is announced); any other file there is an error unless --overwrite is given.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from safetensors import SafetensorError
 
 from imgrestore.data.dacon import load_input_folder, load_test_inputs
 from imgrestore.data.embedded import embedded_dataset
-from imgrestore.submission.predict import write_submission
+from imgrestore.submission.predict import check_out, submission_comment, write_submission
 from imgrestore.tracking import get_or_create_experiment, setup_tracking
 from imgrestore.tracking.champion import load_restorer
 
@@ -64,6 +67,8 @@ def main(argv=None) -> int:
                         "(default: the embedded dataset)")
     source.add_argument("--input", help="a plain folder of damaged gray images to restore")
     p.add_argument("--out", default="submission.zip")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is not a submission zip written by imgrestore")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     p.add_argument("--experiment", default="predict", help="MLflow experiment the prediction run is logged to")
     p.add_argument("--device", default="cpu")
@@ -71,13 +76,13 @@ def main(argv=None) -> int:
 
     try:
         out = Path(args.out)
-        if out.is_dir():
-            raise ValueError(f"{out}: is a folder; --out names the zip file to write")
+        check_out(out, args.overwrite)
         device = check_device(args.device)
         source_dir, test = read_inputs(args)
         tracking_uri = setup_tracking(args.tracking_uri)
         model = load_model(args.model, tracking_uri, device)
-        zip_path = write_submission(model, test, out, device=device)
+        zip_path = write_submission(model, test, out, device=device,
+                                    comment=submission_comment(f"predict.py --model {args.model}"))
     except (ValueError, OSError, mlflow.exceptions.MlflowException) as e:  # DatasetError, SubmissionError too
         print(f"error: {e}", file=sys.stderr)
         return 2

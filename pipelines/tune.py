@@ -8,12 +8,18 @@ Every search also scores the classical restorers (input copy, OpenCV Telea / Nav
 trials' validation images; the champion is the best trial unless one of them scores higher, and the summary
 states its margin. Bad input: `error: <message>` on stderr, exit status 2. Ctrl-C: exit status 130, nothing
 registered or written, and the command that resumes the search.
+
+An existing --out is replaced only if it is a submission zip imgrestore wrote (the replacement names the run
+that wrote it); any other file there is an error before any work, unless --overwrite is given.
+Without --ray-address (or RAY_ADDRESS) a local Ray is started, and its processes end with this one even when
+it is killed (two of Ray's agent processes take up to a minute to notice).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import importlib.util
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     p.add_argument("--resume", help="experiment folder to resume, or 'latest'")
     p.add_argument("--out", default="submission.zip", help="where to write the submission zip")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is not a submission zip written by imgrestore")
     p.add_argument("--model-name", help="registered model name (default: imgrestore-<space name>)")
     p.add_argument("--embedder", default=None, help="preprocess embedder (default: clip:geolocal/StreetCLIP "
                    "for --data, effnet-lite0 for the embedded dataset)")
@@ -61,12 +69,12 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    import ray
     from mlflow.tracking import MlflowClient
 
     from imgrestore.data.dacon import load_dataset
     from imgrestore.data.embedded import embedded_dataset
     from imgrestore.preprocess import run_preprocess
+    from imgrestore.submission.predict import check_out
     from imgrestore.tracking import setup_tracking
     from imgrestore.tuning.search import SearchInterrupted, latest_experiment, run_search
     from imgrestore.tuning.space import check_space, load_space
@@ -77,6 +85,7 @@ def run(args) -> int:
     if args.num_samples:
         space.num_samples = args.num_samples
     check_space(space)
+    check_out(args.out, args.overwrite)
     resume = None
     if args.resume:
         resume = latest_experiment(args.storage, space.name) if args.resume == "latest" else args.resume
@@ -85,10 +94,11 @@ def run(args) -> int:
     tracking_uri = setup_tracking(args.tracking_uri)
     data_dir = Path(args.data) if args.data else embedded_dataset()
     dataset = load_dataset(data_dir)  # validates (fully decodes) every file before any work starts
-    ray.init(address=args.ray_address, ignore_reinit_error=True)
+    embedder = args.embedder or ("effnet-lite0" if not args.data else "clip:geolocal/StreetCLIP")
+    check_embedder_weights(embedder, data_dir, args.preprocess_out)
+    start_ray(args.ray_address)
 
     # 1. preprocess: embeddings -> scene clusters -> leakage-free folds (skipped when up to date)
-    embedder = args.embedder or ("effnet-lite0" if not args.data else "clip:geolocal/StreetCLIP")
     pre = run_preprocess(data_dir, args.preprocess_out, embedder=embedder, tracking_uri=tracking_uri)
     print(f"preprocess: {'up to date, reused' if pre.reused else 'done'} ({pre.embedder}, {pre.backend}): "
           f"{pre.summary.get('n_clusters')} clusters, noise {pre.summary.get('noise_share', 0):.0%}; "
@@ -114,6 +124,44 @@ def run(args) -> int:
         raise
 
 
+def start_ray(address: str | None) -> None:
+    """Connect to the Ray cluster at `address` (or RAY_ADDRESS, or one started with `ray start` on this machine);
+    with none, start a local Ray. Ray ties that local Ray's processes to this one: on Linux they get a
+    parent-death signal (prctl PR_SET_PDEATHSIG), elsewhere a reaper process ends them, so a SIGKILLed tune.py
+    leaves nothing behind; only its dashboard and runtime-env agents linger, up to a minute, before they exit
+    (tests/test_tune_cli.py checks it). Should any be left (`ps -ef | grep ray::`), `ray stop` ends them, but
+    also every other Ray on this machine, another search's included."""
+    import ray
+
+    ray.init(address=address, ignore_reinit_error=True)
+
+
+def check_embedder_weights(embedder: str, data_dir, preprocess_out=None) -> None:
+    """Fail in seconds, not after a minute of hub retries, when preprocess has to embed with the default
+    CLIP model but its weights are neither in the Hugging Face cache nor downloadable (the hub is asked with
+    a 3 s timeout). The check is pipelines/doctor.py's: run that for the whole picture."""
+    from imgrestore.embedding.embedders import DEFAULT_CLIP, normalize_spec
+    from imgrestore.preprocess import preprocess_params, stale_reason
+
+    if normalize_spec(embedder) != f"clip:{DEFAULT_CLIP}":
+        return  # effnet-lite0 needs no network; another CLIP model or folder is the user's explicit choice
+    if stale_reason(data_dir, preprocess_params(embedder=embedder), preprocess_out or data_dir) is None:
+        return  # preprocess outputs up to date: nothing will be embedded
+    doctor_path = ROOT / "pipelines" / "doctor.py"  # loaded by path: tune.py is also imported by path
+    spec = importlib.util.spec_from_file_location("imgrestore_doctor", doctor_path)
+    doctor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doctor)
+    report = {}
+    doctor.check_weights(report)
+    cached, hub = report["StreetCLIP weights"], report["Hugging Face hub"]
+    if cached.startswith("in the cache") or hub.startswith("reachable"):
+        return
+    hub = hub.split(": use ")[0]  # doctor's own advice; the full advice follows
+    raise ValueError(f"the default embedder clip:{DEFAULT_CLIP} cannot be loaded: {cached}, and the Hugging Face "
+                     f"hub is {hub}. Use --embedder effnet-lite0 (offline: its weights come with the project), "
+                     "or --embedder clip:/path/to/a/model/saved/with/save_pretrained")
+
+
 def _resume_args(args, experiment_dir) -> list[str]:
     out = ["--resume", str(experiment_dir), "--space", args.space]
     for flag in ("data", "storage", "tracking_uri", "out", "model_name", "embedder", "preprocess_out"):
@@ -121,51 +169,61 @@ def _resume_args(args, experiment_dir) -> list[str]:
         if value is not None and not (flag == "storage" and value == "runs") and not (flag == "out" and
                                                                                       value == "submission.zip"):
             out += [f"--{flag.replace('_', '-')}", str(value)]
-    return out
+    return out + (["--overwrite"] if args.overwrite else [])
 
 
 def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> int:
     from imgrestore.models import create_model
-    from imgrestore.submission.predict import write_submission
+    from imgrestore.submission.predict import submission_comment, write_submission
     from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
     from imgrestore.tracking.tune_callback import TRIAL_TAG
     from imgrestore.training.checkpoint import save_model
     from imgrestore.tuning.baselines import pick_champion, validation_config
+    from imgrestore.tuning.polish import polish_prefill
     from imgrestore.tuning.search import best_checkpoint
     from imgrestore.tuning.summary import SCORE_KEYS, champion_text, summary_text
 
-    # 3. champion: the best checkpoint of the best trial, unless a classical restorer beats it on validation
+    # 3. champion: the best checkpoint of the best trial (its inference prefill chosen on validation), unless a
+    #    classical restorer beats it on the same validation images
     try:
         best, checkpoint, best_epoch = best_checkpoint(outcome.results, space.metric, space.mode)
-        trial_score, trial_id = float(best_epoch[space.metric]), best_epoch.get("trial_id")
+        trial_id = best_epoch.get("trial_id")
     except RuntimeError as e:  # no trial reported or left a checkpoint: say why, fall back to the classical
         print(f"warning: {e}", file=sys.stderr)
-        best, checkpoint, best_epoch, trial_score, trial_id = None, None, {}, None, None
-    choice = pick_champion(trial_score, trial_id, outcome.baselines)
+        best, checkpoint, best_epoch, trial_id = None, None, {}, None
     val = validation_config(space.config)
     fingerprint = validation_fingerprint(Path(split_csv).read_text(), val["val_fold"], val["image_size"],
                                          val["max_val_images"])
     name = args.model_name or f"imgrestore-{space.name}"
     with tempfile.TemporaryDirectory(prefix="imgrestore-champion-") as tmp:
+        polished = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                shutil.copytree(d, Path(tmp) / "trial")
+            polished = polish_prefill(Path(tmp) / "trial", Path(tmp) / "polished")
+            print("inference prefill on validation: " + ", ".join(f"{k} {v:.4f}" for k, v in polished.scores.items())
+                  + f" -> {polished.prefill}")
+        choice = pick_champion(polished.score if polished else None, trial_id, outcome.baselines)
         if choice.kind == "trial":
             run_id = _trial_run(client, outcome, trial_id, TRIAL_TAG) or outcome.parent_run_id
-            ckpt_ctx = checkpoint.as_directory()
-            what = (f"{best.config['model']['name']} from trial {trial_id}, epoch {best_epoch.get('epoch')}; "
-                    f"margin over the best classical restorer ({choice.best_classical}): {choice.margin:+.4f}")
+            ckpt_dir = polished.checkpoint
+            what = (f"{best.config['model']['name']} from trial {trial_id}, epoch {best_epoch.get('epoch')}, "
+                    f"prefill {polished.prefill}; margin over the best classical restorer "
+                    f"({choice.best_classical}): {choice.margin:+.4f}")
         else:
             run_id = outcome.parent_run_id
-            ckpt_ctx = contextlib.nullcontext(save_model(create_model(choice.name), Path(tmp) / choice.name))
+            ckpt_dir = save_model(create_model(choice.name), Path(tmp) / choice.name)
             what = (f"classical restorer {choice.name}: no trial beat it on validation (best trial "
-                    f"{'none' if trial_score is None else f'{trial_score:.4f}'})")
+                    f"{'none' if polished is None else f'{polished.score:.4f}'})")
         description = f"validation score {choice.score:.4f}; {what}"
-        with ckpt_ctx as ckpt_dir:
-            model_uri, version, alias = log_champion(ckpt_dir, run_id, name, tracking_uri, choice.score, fingerprint,
-                                                     description, tags={"search_run": outcome.parent_run_id,
-                                                                        "kind": choice.kind, "source": choice.name})
+        model_uri, version, alias = log_champion(ckpt_dir, run_id, name, tracking_uri, choice.score, fingerprint,
+                                                 description, tags={"search_run": outcome.parent_run_id,
+                                                                    "kind": choice.kind, "source": choice.name})
 
     # 4. submission from the registered champion, checked, logged
     model = load_restorer(model_uri, tracking_uri)
-    zip_path = write_submission(model, dataset.test, args.out)
+    zip_path = write_submission(model, dataset.test, args.out,
+                                comment=submission_comment(f"tune.py, MLflow run {outcome.parent_run_id}"))
     client.log_artifact(outcome.parent_run_id, str(zip_path))
     best_metrics = {f"best_{k}": float(best_epoch[k]) for k in SCORE_KEYS if k in best_epoch}
     for k, v in {**best_metrics, "champion_val_score": choice.score, "champion_margin": choice.margin}.items():

@@ -167,3 +167,28 @@ def test_amp_setting_is_checked(tiny_dacon, preproc_csv):
         train(config(tiny_dacon, preproc_csv, amp="fp8"), lambda m, c: None)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         train(config(tiny_dacon, preproc_csv, epochs=-1), lambda m, c: None)
+
+
+def test_photos_without_pairs_become_training_pairs(tiny_dacon, preproc_csv):
+    from PIL import Image
+
+    from imgrestore.data.embedded import bundled_photos
+    from imgrestore.training.data import PhotoCrops
+
+    crops = PhotoCrops(bundled_photos()[:3], size=48, per_epoch=5, seed=1)
+    gray, mask, rgb = crops[2]
+    assert gray.shape == mask.shape == (1, 48, 48) and rgb.shape == (3, 48, 48) and mask.sum() > 0
+    g8 = (gray[0] * 255).round().byte().numpy()
+    pil = np.asarray(Image.fromarray((rgb.permute(1, 2, 0) * 255).round().byte().numpy()).convert("L"))
+    keep = mask[0].numpy() == 0
+    assert np.array_equal(g8[keep], pil[keep])  # the DACON relation: outside the damage, the photo's gray
+    assert torch.equal(crops[2][0], gray)  # reproducible per (seed, epoch, index)
+    crops.set_epoch(1)
+    assert not torch.equal(crops[2][0], gray)
+    seen = []
+    train(config(tiny_dacon, preproc_csv, image_size=48, epochs=1, extra_photos="bundled", extra_per_epoch=8),
+          lambda m, c: seen.append(m))
+    assert seen and np.isfinite(seen[0]["train_loss"])
+    with pytest.raises(ValueError, match="image_size"):
+        train(config(tiny_dacon, preproc_csv, image_size=None, extra_photos="bundled", extra_per_epoch=8),
+              lambda m, c: None)

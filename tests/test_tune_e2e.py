@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from imgrestore.data.dacon import load_dataset
-from imgrestore.submission.predict import check_submission
+from imgrestore.submission.predict import check_submission, zip_writer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,8 +80,14 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
         assert kid.data.params["model.name"] in ("unet", "two_stage_unet")
         history = client.get_metric_history(kid.info.run_id, "score")
         assert sorted(m.step for m in history) == [1, 2]
-        images = [a.path for a in client.list_artifacts(kid.info.run_id, "images")]
-        assert images, "the validation restoration grid is logged as an MLflow image"
+        assert not [k for k in kid.data.metrics if k.startswith("config")]  # parameters, not curves
+        for key in kid.data.metrics:  # every curve per epoch: nothing logged at the last step only
+            assert sorted(m.step for m in client.get_metric_history(kid.info.run_id, key)) == [1, 2], key
+        images = [a.path for a in client.list_artifacts(kid.info.run_id, "images") if a.path.endswith(".png")]
+        steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images)
+        assert steps == [0, 1, 2], "the validation restoration grid at every epoch, and at step 0"
+        assert "best_val_restorations.png" in {a.path for a in client.list_artifacts(kid.info.run_id)}
+        assert kid.data.tags["best_epoch"] in ("1", "2")
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"submission.zip", "cluster_map.png", "tiny.yaml", "baselines.md"} <= parent_files
 
@@ -94,9 +100,29 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
     assert float(version.tags["val_score"]) == pytest.approx(summary["champion_val_score"], abs=1e-6)
     assert "margin" in version.description or "no trial beat it" in version.description
     assert check_submission(workdir / "submission.zip", load_dataset(workdir / "data").test) == 6
+    assert zip_writer(workdir / "submission.zip")  # the zip says which run wrote it: a rerun may replace it
+    (exp_dir,) = (workdir / "runs").iterdir()
+    assert exp_dir.name.startswith("tiny-") and len(exp_dir.name.split("-")) == 4  # tiny-date-time-suffix
 
     # a second invocation reuses the preprocess outputs instead of recomputing them
     assert len(client.search_runs([client.get_experiment_by_name("preprocess").experiment_id])) == 1
+
+
+def test_no_score_reports_the_first_trial_error(ray_local, tmp_path):
+    """Every trial fails before reporting: best_checkpoint's error carries the first trial's traceback."""
+    from imgrestore.tuning.search import best_checkpoint
+
+    def failing(config):
+        raise ValueError(f"bad learning rate {config['lr']}")
+
+    results = tune.Tuner(failing, param_space={"lr": tune.grid_search([0.5, 0.25])},
+                         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    with pytest.raises(RuntimeError) as e:
+        best_checkpoint(results, "score", "max")
+    text = str(e.value)
+    assert "no trial reported 'score': 2 of 2 trial(s) failed; the first error:" in text
+    assert "in failing" in text and "ValueError: bad learning rate 0.5" in text  # the trial's traceback
+    assert "\x1b[" not in text
 
 
 class KillOnce(tune.Callback):
@@ -168,7 +194,10 @@ def test_ctrl_c_exits_130_and_registers_nothing(workdir, tmp_path):
     space = workdir / "long.yaml"
     space.write_text((workdir / "tiny.yaml").read_text().replace("name: tiny", "name: tinylong")
                      .replace("epochs: 2", "epochs: 40"))
+    from imgrestore.tracking.store import create_sqlite_store
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    create_sqlite_store(uri)  # the polling client below must not race tune.py's creation of the store
     out = tmp_path / "submission.zip"
     proc = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "tune.py"), "--data", str(workdir / "data"),
                              "--space", str(space), "--embedder", "effnet-lite0", "--tracking-uri", uri,

@@ -9,14 +9,26 @@ Libraries are imported inside the functions, so a node with torch alone can run 
     bench_embedding    the StreetCLIP architecture (ViT-L/14, 336 px; random weights, nothing downloaded)
                        through Ray Data vs a plain loop; on a GPU also a batch-size sweep and bf16 vs fp32
     bench_metric       the torch metric (imgrestore.torch_metrics) vs imgrestore.metrics, per 512 px image
-    bench_training_* ... hooks for the training code: they print "not yet wired" and return None
+    bench_training_throughput   training images/s and peak GPU memory of every search_spaces/dacon.yaml model
+                       configuration at 512 px, bf16 (the training autocast) and fp32, flagged over 24 GiB
+    bench_data_wait    the share of a training step blocked on the DataLoader (dacon.yaml's 4 workers, pinned)
+    bench_validation_epoch   one epoch's validation as training runs it (training.evaluate, the CPU metric) and
+                       the same work with the torch metric on the device
+    bench_two_trial_search   preprocess + a two-trial Ray Tune search with MLflow on this node, wall time
+The last four use the project's training code on a synthetic 512 px DACON-format set; without --quick they
+measure on a GPU only (--quick: tiny, and on the CPU too, fp32).
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
+import itertools
 import os
+import shutil
 import tempfile
 import time
+from pathlib import Path
 
 NOT_INSTALLED = "not installed here"
 NO_GPU = "no GPU here"
@@ -295,35 +307,680 @@ def bench_metric(quick: bool = False) -> list[dict]:
     return rows
 
 
-# ----------------------------------------------------------------------------- hooks for the training code
-# The lead fills these in once the training code is settled; each should return rows like the functions above.
+# ----------------------------------------------------------------------------- (d)-(g) the training code
+# What a trial of search_spaces/dacon.yaml costs on this node, through the project's own code paths: the models of
+# imgrestore.models, the loss of imgrestore.losses, the autocast dtype of imgrestore.training.loop, the datasets of
+# imgrestore.training.data, imgrestore.training.evaluate, imgrestore.preprocess and imgrestore.tuning.search. The
+# images are a synthetic DACON-format set (imgrestore.data.build on the bundled photos), built once per process in
+# a temporary folder. Without --quick these rows measure on a GPU only; --quick runs them tiny (64 px, a couple of
+# steps, a few images) on whatever device there is, fp32 on a CPU, so that a CPU test exercises every path.
+
+TRAIN_NAME = "training throughput / peak memory"
+DATA_WAIT_NAME = "data-wait share"
+VALIDATION_NAME = "validation time per epoch"
+SEARCH_NAME = "two-trial search"
+LIMIT_GIB = 24.0  # the question these rows answer: does every dacon.yaml trial fit on a 24 GB card?
+DACON_YAML = Path(__file__).resolve().parents[2] / "search_spaces" / "dacon.yaml"
+_DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "quniform", "qloguniform")  # as tuning.space
+QUICK = {"size": 64, "batch_size": 2, "warmup": 1, "steps": 2, "val_images": 4, "search_val_images": 4}
+FULL = {"warmup": 2, "steps": 5, "wait_steps": 20, "search_val_images": 16}
+_SETS: dict = {}
 
 
-def _not_wired(what: str) -> None:
-    print(f"  [{what}] not yet wired")
-    return None
+def _is_dist(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _DISTRIBUTIONS
 
 
-def bench_training_throughput(quick: bool = False):
-    """Hook: training images/s and peak GPU memory per model family at 512 px, bf16 and fp32."""
-    return _not_wired("training throughput / peak memory")
+def _heaviest(value):
+    """A searched value made constant at its most expensive: the highest number a distribution allows (every
+    loss term on, at its largest weight; the most extra damage), the first option of a non-numeric choice."""
+    if _is_dist(value):
+        kind, args = next(iter(value.items()))
+        if kind == "choice":
+            numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+            return max(numbers) if len(numbers) == len(args) else list(args)[0]
+        return int(args[1]) - 1 if kind == "randint" else float(args[1])
+    if isinstance(value, dict):
+        return {k: _heaviest(v) for k, v in value.items()}
+    return value
 
 
-def bench_data_wait(quick: bool = False):
-    """Hook: the share of a training step spent waiting for data (loader vs GPU)."""
-    return _not_wired("data-wait share")
+def dacon_config() -> tuple[dict, str]:
+    """search_spaces/dacon.yaml's trial config (distributions included) and how it was read."""
+    try:
+        from imgrestore.tuning.space import load_space
+    except ImportError:  # load_space imports ray.tune: without ray, the same file read as plain YAML
+        import yaml
+
+        return yaml.safe_load(DACON_YAML.read_text())["config"], "dacon.yaml read as YAML (no ray here)"
+    return load_space(DACON_YAML).config, "dacon.yaml via tuning.space.load_space"
 
 
-def bench_validation_epoch(quick: bool = False):
-    """Hook: validation time per epoch with the torch metric on the device."""
-    return _not_wired("validation time per epoch")
+def model_grid(config: dict) -> list[dict]:
+    """Every combination of the model choices in `config` (family x width x depth x chroma head for dacon.yaml),
+    as create_model configs; a non-choice distribution is taken at its most expensive."""
+    axes = {k: (list(v["choice"]) if _is_dist(v) and "choice" in v else [_heaviest(v)])
+            for k, v in config["model"].items()}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
-def bench_two_trial_search(quick: bool = False):
-    """Hook: a two-trial search end to end (Tune + MLflow) on this node."""
-    return _not_wired("two-trial search")
+def _families(grid: list[dict]) -> list[str]:
+    return list(dict.fromkeys(m["name"] for m in grid))
 
 
-HOOKS = {"training throughput / peak memory (per model family, 512 px, bf16 + fp32)": bench_training_throughput,
-         "data-wait share": bench_data_wait, "validation time per epoch": bench_validation_epoch,
-         "two-trial search": bench_two_trial_search}
+def _size_key(m: dict) -> tuple:
+    return int(m.get("base_channels", 0)), int(m.get("depth", 0))
+
+
+def _smallest(grid: list[dict], family: str) -> dict:
+    """The family's cheapest configuration (fewest channels, shallowest, regression head when there is one)."""
+    return min((m for m in grid if m["name"] == family), key=lambda m: (_size_key(m), m.get("chroma") != "regression"))
+
+
+def _largest(grid: list[dict]) -> list[dict]:
+    """Per family, its widest and deepest configurations (every chroma head)."""
+    top = {f: max(_size_key(m) for m in grid if m["name"] == f) for f in _families(grid)}
+    return [m for m in grid if _size_key(m) == top[m["name"]]]
+
+
+def _label(m: dict) -> str:
+    head = {"regression": "reg", "classification": "cls"}.get(m.get("chroma", "regression"), m.get("chroma"))
+    return f"{head} w{m.get('base_channels', '?')} d{m.get('depth', '?')}"
+
+
+def _dtype_name(dtype) -> str:
+    return "fp32" if dtype is None else {"bfloat16": "bf16", "float16": "fp16"}.get(str(dtype).replace("torch.", ""),
+                                                                                    str(dtype))
+
+
+def _device_text(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def synthetic_set(quick: bool) -> tuple[Path, float]:
+    """(folder, seconds to build) of the synthetic DACON-format set the training rows share: 512 px crops of the
+    bundled photos with generated damage (64 px with --quick), built once per process in a temporary folder
+    that is removed at exit."""
+    if quick not in _SETS:
+        from imgrestore.data.build import BuildConfig, build_dataset
+        from imgrestore.data.embedded import bundled_photos
+
+        cfg = BuildConfig(size=QUICK["size"], n_train=30, n_test=6, seed=1) if quick else \
+            BuildConfig(size=512, n_train=416, n_test=32, seed=0)
+        tmp = tempfile.mkdtemp(prefix="imgrestore-doctor-")
+        atexit.register(shutil.rmtree, tmp, True)
+        print(f"  building a synthetic {cfg.size} px DACON-format set ({cfg.n_train} train + {cfg.n_test} test) "
+              "...", flush=True)
+        t = time.perf_counter()
+        root = build_dataset(bundled_photos(), Path(tmp) / f"synthetic-{cfg.size}px", cfg, progress=False)
+        _SETS[quick] = (root, time.perf_counter() - t)
+    return _SETS[quick]
+
+
+def _train_frame(root: Path):
+    """train.csv of a DACON folder as the frame RestorationDataset reads (name, input_path, gt_path)."""
+    import pandas as pd
+
+    f = pd.read_csv(root / "train.csv")
+    return pd.DataFrame({"name": [Path(p).name for p in f["input_img_path"]],
+                         "input_path": [str(root / p) for p in f["input_img_path"]],
+                         "gt_path": [str(root / p) for p in f["gt_img_path"]]})
+
+
+def _setting(quick: bool, config: dict) -> dict:
+    """Image size and batch size: dacon.yaml's (512, 8), or the --quick ones."""
+    if quick:
+        return {"size": QUICK["size"], "batch_size": QUICK["batch_size"]}
+    cfg = _heaviest(config)
+    return {"size": int(cfg.get("image_size") or 512), "batch_size": int(cfg.get("batch_size", 8))}
+
+
+class _Trainer:
+    """One model with its loss, AdamW, learning-rate schedule and GradScaler, set up as
+    imgrestore.training.loop.train sets them up (`cfg`: a full training config, loop.with_defaults)."""
+
+    def __init__(self, model_cfg: dict, cfg: dict, device, amp: str, total_steps: int, class_weights=None):
+        import torch
+
+        from imgrestore.losses import build_loss
+        from imgrestore.models import create_model
+        from imgrestore.training.loop import autocast_dtype, lr_lambda
+
+        self.cfg, self.device = cfg, device
+        self.amp_dtype = autocast_dtype(amp, device)
+        self.autocast = {"device_type": device.type, "dtype": self.amp_dtype or torch.float32,
+                         "enabled": self.amp_dtype is not None}
+        kwargs = dict(model_cfg)
+        name = kwargs.pop("name")
+        if name == "effnet_unet":
+            kwargs["pretrained"] = False  # same architecture and cost; the ImageNet weights are not needed here
+        self.model = create_model(name, **kwargs).to(device)
+        self.model.train()
+        self.loss_fn = build_loss(cfg["loss"])
+        self.bins = getattr(self.model, "bins", None)
+        self.class_weights = class_weights(self.bins) if self.bins is not None and class_weights else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(total_steps, cfg["warmup_frac"]))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+
+    def step(self, gray, mask, rgb) -> float:
+        """One training step on a CPU batch; returns the loss.
+
+        This mirrors the inner step of imgrestore.training.loop.train line for line (copy to the device,
+        autocast forward, loss in fp32 + auxiliary gray L1 + chroma-class cross-entropy, the NaN guard, scaled
+        backward, gradient clipping, optimizer, scaler and schedule steps, loss.item()); loop.py is deliberately
+        not refactored for the benchmark. Keep the two alike when the loop changes.
+        """
+        import torch
+
+        from imgrestore.losses import chroma_class_loss, masked_l1_loss
+        from imgrestore.models.color import rgb_to_luma
+
+        cfg, device, net, optimizer, scaler = self.cfg, self.device, self.model, self.optimizer, self.scaler
+        gray = gray.to(device, non_blocking=True)
+        mask, rgb = mask.to(device, non_blocking=True), rgb.to(device, non_blocking=True)
+        with torch.autocast(**self.autocast):
+            out = net(gray, mask, return_aux=True)
+        loss, parts = self.loss_fn(out["rgb"].float(), rgb, mask)
+        if cfg["aux_gray_weight"]:
+            aux = masked_l1_loss(out["y"].float(), rgb_to_luma(rgb), mask)
+            loss, parts = loss + cfg["aux_gray_weight"] * aux, {**parts, "aux_gray": aux.detach()}
+        if out.get("chroma_logits") is not None and cfg["chroma_class_weight"]:
+            ce = chroma_class_loss(out["chroma_logits"], rgb, self.bins, self.class_weights)
+            loss, parts = loss + cfg["chroma_class_weight"] * ce, {**parts, "chroma_class": ce.detach()}
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg["grad_clip"]:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        self.scheduler.step()
+        for v in parts.values():  # the loop reads every part back (float(v)) for its epoch means
+            float(v)
+        return loss.item()
+
+
+def _training_parts(quick: bool):
+    """What (d)-(f) share: dacon.yaml's config, its most expensive training config per model, the dataset."""
+    from imgrestore.training.loop import chroma_class_weights, with_defaults
+
+    config, how = dacon_config()
+    setting = _setting(quick, config)
+    base = _heaviest(config)
+
+    def training_cfg(model_cfg: dict) -> dict:
+        return with_defaults({**base, "model": model_cfg, "image_size": setting["size"],
+                              "batch_size": setting["batch_size"]})
+
+    root, build_s = synthetic_set(quick)
+    frame = _train_frame(root)
+    cache: dict = {}
+
+    def class_weights(cfg: dict):
+        """loop.train's chroma-class rebalancing weights (from 16 training truths: the values do not change
+        the cost), for chroma="classification" with chroma_rebalance > 0, else None."""
+        if not cfg["chroma_rebalance"]:
+            return None
+
+        def weights(bins):
+            if bins.n not in cache:
+                from imgrestore.training.data import RestorationDataset
+
+                cache[bins.n] = chroma_class_weights(RestorationDataset(frame, setting["size"]), bins,
+                                                     cfg["chroma_rebalance"], max_images=16)
+            return cache[bins.n]
+
+        return weights
+
+    return config, how, setting, training_cfg, frame, class_weights, build_s
+
+
+def _clear_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _time_training(model_cfg, cfg, device, amp, batches, warmup, steps, class_weights) -> dict:
+    """images/s over `steps` timed steps after `warmup` ones (cycling over preloaded CPU batches: no data
+    wait), and on a GPU the peak memory of the whole run (optimizer state included)."""
+    import torch
+
+    gpu = device.type == "cuda"
+    _clear_gpu()
+    trainer = _Trainer(model_cfg, cfg, device, amp, warmup + steps, class_weights)
+    for i in range(warmup):
+        trainer.step(*batches[i % len(batches)])
+    _sync()
+    t = time.perf_counter()
+    for i in range(steps):
+        trainer.step(*batches[(warmup + i) % len(batches)])
+    _sync()
+    sec = time.perf_counter() - t
+    out = {"images_per_s": steps * batches[0][0].shape[0] / sec, "step_ms": 1000 * sec / steps,
+           "dtype": _dtype_name(trainer.amp_dtype)}
+    if gpu:
+        out.update(peak=torch.cuda.max_memory_allocated() / 2**30, reserved=torch.cuda.max_memory_reserved() / 2**30)
+    return out
+
+
+def _batches_of(dataset, batch_size: int, n_batches: int, pin: bool) -> list:
+    import torch
+
+    out = []
+    for b in range(n_batches):
+        items = [dataset[(b * batch_size + j) % len(dataset)] for j in range(batch_size)]
+        batch = [torch.stack(t) for t in zip(*items)]
+        out.append([t.pin_memory() for t in batch] if pin else batch)
+    return out
+
+
+def bench_training_throughput(quick: bool = False) -> list[dict]:
+    """(d) Training images/s and peak GPU memory of every dacon.yaml model configuration (family x chroma head x
+    width x depth) at 512 px, batch 8, in the autocast dtype training uses (bf16; fp16 where bf16 is not native)
+    and in fp32, with dacon.yaml's most expensive loss; each flagged when its peak is over 24 GiB."""
+    gpu = cuda_available()
+    check = f"{TRAIN_NAME}, {LIMIT_GIB:g} GiB check"
+    if not gpu and not quick:
+        return [row(TRAIN_NAME, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
+    try:
+        import torch
+
+        from imgrestore.models.prefill import prefill
+        from imgrestore.training.data import RestorationDataset
+        from imgrestore.training.loop import autocast_dtype
+
+        config, how, setting, training_cfg, frame, class_weights, build_s = _training_parts(quick)
+    except Exception as e:
+        return [row(TRAIN_NAME, missing(e))]
+    device = torch.device("cuda" if gpu else "cpu")
+    grid = model_grid(config)
+    measured = _largest(grid) if quick else grid
+    size, bs = setting["size"], setting["batch_size"]
+    warmup, steps = (QUICK["warmup"], QUICK["steps"]) if quick else (FULL["warmup"], FULL["steps"])
+    any_cfg = training_cfg(measured[0])
+    dataset = RestorationDataset(frame, size, train=True, extra_damage=any_cfg["extra_damage"], flip=any_cfg["flip"])
+    batches = _batches_of(dataset, bs, 2, pin=gpu)
+    amps = ("auto", "fp32") if gpu else ("fp32",)
+    cells: dict = {}
+    peaks = []  # (dtype, peak GiB or inf for out of memory, reserved GiB, which configuration)
+    for amp in amps:
+        dtype = _dtype_name(autocast_dtype(amp, device))
+        for m in measured:
+            cfg = training_cfg(m)
+            key = (m["name"], dtype)
+            try:
+                r = _time_training(m, cfg, device, amp, batches, warmup, steps, class_weights(cfg))
+            except torch.cuda.OutOfMemoryError:
+                r = None
+            except Exception as e:  # one configuration failing must not hide the others
+                cells.setdefault(key, []).append(f"{_label(m)}: {missing(e)}")
+                continue
+            where = f"{m['name']} {_label(m)} b{bs}"
+            if r is None:
+                cells.setdefault(key, []).append(f"{_label(m)}: OUT OF MEMORY")
+                peaks.append((dtype, float("inf"), float("inf"), where))
+            elif gpu:
+                flag = f" OVER {LIMIT_GIB:g} GiB" if r["peak"] > LIMIT_GIB else ""
+                cells.setdefault(key, []).append(f"{_label(m)}: {r['images_per_s']:.1f} img/s, {r['peak']:.1f} GiB"
+                                                 + flag)
+                peaks.append((dtype, r["peak"], r["reserved"], where))
+            else:
+                cells.setdefault(key, []).append(f"{_label(m)}: {r['images_per_s']:.1f} img/s")
+        _clear_gpu()
+    what = f"{_device_text(device)}, {size} px, batch {bs}"
+    legend = "reg/cls: chroma head (regression/classification), w: base_channels, d: depth"
+    rows = [row(f"{TRAIN_NAME}, {family}, {dtype}", "; ".join(parts),
+                f"{what}, {dtype}; {legend}" + ("; peak: torch.cuda.max_memory_allocated" if gpu else
+                                                "; peak GPU memory needs a GPU"), gpu=gpu)
+            for (family, dtype), parts in cells.items()]
+    if not gpu:
+        rows.append(row(f"{TRAIN_NAME}, bf16", NO_GPU, "autocast bf16 runs on a GPU only (loop.autocast_dtype)"))
+        rows.append(row(check, NO_GPU, "peak GPU memory needs a GPU; the fp32 rows above ran on the CPU"))
+        return rows
+    # the Telea prefill runs on the CPU inside every forward: its share of a step is worth knowing
+    gray, mask = batches[0][0], batches[0][1]
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        prefill(gray, mask, str(any_cfg["model"].get("prefill", "telea")), int(any_cfg["model"].get("prefill_radius", 5)))
+        best = min(best, time.perf_counter() - t)
+    parts = []
+    for dtype in dict.fromkeys(d for d, *_ in peaks):
+        mine = [p for p in peaks if p[0] == dtype]
+        over = [p for p in mine if p[1] > LIMIT_GIB]
+        if over:
+            parts.append(f"{dtype}: {len(over)} of {len(mine)} OVER {LIMIT_GIB:g} GiB: " + ", ".join(
+                f"{w} ({'out of memory' if p == float('inf') else f'{p:.1f} GiB'})" for _, p, _, w in over))
+        else:
+            _, p, r, w = max(mine, key=lambda x: x[1])
+            parts.append(f"{dtype}: all {len(mine)} fit, largest {p:.1f} GiB ({w}; reserved {r:.1f} GiB)")
+    result = "; ".join(parts) or "nothing measured"
+    searched = [k for k, v in config["model"].items() if _is_dist(v)]
+    note = (f"{how}: every combination of model {', '.join(searched)} at {size} px, batch {bs}, in "
+            f"{' and '.join(dict.fromkeys(_dtype_name(autocast_dtype(a, device)) for a in amps))}; loss "
+            f"{any_cfg['loss']} (searched weights at their highest), aux gray {any_cfg['aux_gray_weight']}, chroma "
+            f"rebalance {any_cfg['chroma_rebalance']}; AdamW, GradScaler for fp16 only, grad clip "
+            f"{any_cfg['grad_clip']}; {warmup} warm-up + {steps} timed steps on preloaded batches (no data wait), "
+            f"random weights; peak: torch.cuda.max_memory_allocated (the CUDA context, ~0.5 GiB, is not in it; "
+            f"reserved: max_memory_reserved); the {any_cfg['model'].get('prefill', 'telea')} prefill inside every "
+            f"forward runs on the CPU: {best * 1000:.0f} ms per batch of {bs} on its own; synthetic {size} px set "
+            f"built in {build_s:.0f} s")
+    rows.append(row(check, result, note, gpu=True))
+    return rows
+
+
+def bench_data_wait(quick: bool = False) -> list[dict]:
+    """(e) The share of a training step spent blocked on the DataLoader (next(iter)), with dacon.yaml's
+    num_workers and pin_memory, for each family's cheapest configuration (the fastest step: the worst case)."""
+    gpu = cuda_available()
+    if not gpu and not quick:
+        return [row(DATA_WAIT_NAME, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
+    try:
+        import torch
+        from torch.utils.data import DataLoader
+
+        from imgrestore.training.data import RestorationDataset
+
+        config, how, setting, training_cfg, frame, class_weights, build_s = _training_parts(quick)
+    except Exception as e:
+        return [row(DATA_WAIT_NAME, missing(e))]
+    device = torch.device("cuda" if gpu else "cpu")
+    grid = model_grid(config)
+    size, bs = setting["size"], setting["batch_size"]
+    steps = QUICK["steps"] if quick else FULL["wait_steps"]
+    first_cfg = training_cfg(grid[0])
+    workers = int(first_cfg["num_workers"])
+    dataset = RestorationDataset(frame, size, train=True, extra_damage=first_cfg["extra_damage"],
+                                 flip=first_cfg["flip"], seed=0)
+
+    def loader():
+        return DataLoader(dataset, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers, pin_memory=gpu,
+                          generator=torch.Generator().manual_seed(0))
+
+    # the loader alone: how many images/s it delivers with nothing else running
+    it = iter(loader())
+    t = time.perf_counter()
+    next(it)
+    first_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    alone = steps * bs / (time.perf_counter() - t)
+    del it
+    parts, dtype = [], "?"
+    for family in _families(grid):
+        m = _smallest(grid, family)
+        cfg = training_cfg(m)
+        try:
+            _clear_gpu()
+            trainer = _Trainer(m, cfg, device, "auto", steps + 1, class_weights(cfg))
+            dtype = _dtype_name(trainer.amp_dtype)
+            it = iter(loader())
+            trainer.step(*next(it))  # warm-up, and the workers' start
+            wait = busy = 0.0
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                batch = next(it)
+                t1 = time.perf_counter()
+                trainer.step(*batch)
+                _sync()
+                wait, busy = wait + t1 - t0, busy + time.perf_counter() - t1
+            del it, trainer
+            parts.append(f"{family} {_label(m)}: {100 * wait / (wait + busy):.0f}% ({1000 * wait / steps:.0f} ms wait, "
+                         f"{1000 * busy / steps:.0f} ms step)")
+        except Exception as e:
+            parts.append(f"{family} {_label(m)}: {missing(e)}")
+    _clear_gpu()
+    note = (f"{_device_text(device)}, {size} px, batch {bs}, {dtype}; share = time blocked in next(loader) / (that + "
+            f"the training step), over {steps} steps after the first; RestorationDataset(train=True, extra_damage "
+            f"{first_cfg['extra_damage']}: dacon.yaml's highest), DataLoader num_workers {workers} (dacon.yaml), "
+            f"pin_memory {gpu}, on {os.cpu_count()} CPUs; the loader alone: {alone:.0f} images/s, first batch after "
+            f"{first_s:.1f} s (worker start, paid every epoch)")
+    return [row(DATA_WAIT_NAME, "; ".join(parts), note, gpu=gpu)]
+
+
+def lock_luma_torch(rgb_u8, gray_u8, keep):
+    """imgrestore.models.color.lock_luma on tensors, batched, on their device: (B,3,H,W) uint8 RGB whose Pillow
+    gray equals `gray_u8` (B,H,W) wherever `keep` (B,H,W) is true."""
+    import torch
+
+    from imgrestore.models.color import PILLOW_LUMA
+
+    def luma(t):
+        return (t[:, 0] * PILLOW_LUMA[0] + t[:, 1] * PILLOW_LUMA[1] + t[:, 2] * PILLOW_LUMA[2] + 32768) >> 16
+
+    out, target = rgb_u8.long(), gray_u8.long()
+    out = out + torch.where(keep, target - luma(out), torch.zeros_like(target))[:, None]
+    bad = keep & ((out < 0).any(1) | (out > 255).any(1) | (luma(out.clamp(0, 255)) != target))
+    out = torch.where(bad[:, None], target[:, None].expand_as(out), out)
+    return out.clamp(0, 255).to(torch.uint8)
+
+
+def evaluate_torch(model, dataset, device, limit: int, autocast: dict, batch_size: int = 8,
+                   calibration_images: int = 64) -> tuple[dict, dict]:
+    """imgrestore.training.evaluate.evaluate (no sample grid) with the metric of imgrestore.torch_metrics on
+    `device`: the same forward passes, the same gain calibration and scoring, the images composed, quantised
+    and luma-locked in torch. A comparison for the benchmark, not used by training. Returns (metrics, seconds
+    by phase)."""
+    import torch
+
+    from imgrestore.metrics import KEYS
+    from imgrestore.torch_metrics import score_batch_torch
+    from imgrestore.training.evaluate import GAIN_GRID, HOLE_GRID, _batches
+
+    model.eval()
+    t = time.perf_counter()
+    outputs = []  # per batch: gray, mask, truth as uint8, y, chroma, all on the device
+    with torch.no_grad():
+        for gray, mask, rgb in _batches(dataset, limit, batch_size):
+            gray, mask = gray.to(device), mask.to(device)
+            with torch.autocast(**autocast):
+                aux = model(gray, mask, return_aux=True)
+            gt = rgb.to(device).float().clamp(0, 1).mul(255).round().to(torch.uint8)
+            outputs.append((gray, mask, gt, aux["y"].float(), aux["chroma"].float()))
+        _sync()
+        forward_s = time.perf_counter() - t
+
+        def score(items, gain, hole) -> dict:
+            got = []
+            for gray, mask, gt, y, chroma in items:
+                pred = model.compose(y, chroma, mask, gain, hole).float().clamp(0, 1).mul(255).round().to(torch.uint8)
+                pred = lock_luma_torch(pred, gray[:, 0].float().mul(255).round().to(torch.uint8), mask[:, 0] < 0.5)
+                got.append(score_batch_torch(gt, pred, mask))
+            return {k: torch.cat([g[k] for g in got]) for k in got[0]}
+
+        def mean_score(items, gain, hole) -> float:
+            return float(score(items, gain, hole)["score"].mean())
+
+        def first(n: int) -> list:
+            out, left = [], n
+            for item in outputs:
+                if left <= 0:
+                    break
+                out.append(tuple(x[:left] for x in item))
+                left -= len(item[0])
+            return out
+
+        t = time.perf_counter()
+        extra = {}
+        if getattr(model, "chroma_mode", "none") != "none":
+            sub = first(calibration_images)
+            by_gain = {g: mean_score(sub, g, 1.0) for g in GAIN_GRID}
+            model.chroma_gain = max(by_gain, key=by_gain.get)
+            by_hole = {h: mean_score(sub, model.chroma_gain, h) for h in HOLE_GRID} if model.chroma_gain else {1.0: 0}
+            model.hole_chroma = max(by_hole, key=by_hole.get)
+            extra = {"chroma_gain": model.chroma_gain, "hole_chroma": model.hole_chroma,
+                     "score_gray": mean_score(outputs, 0.0, 0.0)}
+        final = score(outputs, model.chroma_gain, model.hole_chroma)
+        metrics = {k: float(final[k].mean()) for k in KEYS}
+        _sync()
+    return {**metrics, **extra}, {"forward": forward_s, "scoring": time.perf_counter() - t}
+
+
+def bench_validation_epoch(quick: bool = False) -> list[dict]:
+    """(f) One epoch's validation as training runs it (imgrestore.training.evaluate: the CPU metric, with the
+    chroma gain calibration) on dacon.yaml's max_val_images at 512 px, and the same work with the torch metric
+    on the device (imgrestore.torch_metrics; compared, not wired into training)."""
+    gpu = cuda_available()
+    if not gpu and not quick:
+        return [row(VALIDATION_NAME, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
+    try:
+        import torch
+
+        from imgrestore.training.data import RestorationDataset
+        from imgrestore.training.evaluate import GAIN_GRID, HOLE_GRID, evaluate
+
+        config, how, setting, training_cfg, frame, class_weights, build_s = _training_parts(quick)
+    except Exception as e:
+        return [row(VALIDATION_NAME, missing(e))]
+    device = torch.device("cuda" if gpu else "cpu")
+    grid = model_grid(config)
+    family = "unet" if "unet" in _families(grid) else _families(grid)[0]
+    m = _smallest(grid, family)
+    cfg = training_cfg(m)
+    n = min(QUICK["val_images"] if quick else int(cfg["max_val_images"]), len(frame))
+    size = setting["size"]
+    dataset = RestorationDataset(frame.iloc[:n], size)
+    trainer = _Trainer(m, cfg, device, "auto", 1)  # the model, and the autocast setting training validates in
+    model, autocast, dtype = trainer.model, trainer.autocast, _dtype_name(trainer.amp_dtype)
+    torch.manual_seed(0)
+    head = getattr(model, "chroma_head", None)
+    if head is not None:  # a zero-initialised head predicts gray: give it colour, so the calibration has a choice
+        torch.nn.init.normal_(head[-1].weight, std=0.05)
+    model.eval()
+    with torch.no_grad(), torch.autocast(**autocast):  # warm-up: kernels, allocations
+        g, k, _ = dataset[0]
+        model(g[None].to(device), k[None].to(device))
+    _sync()
+    calib = min(n, 64)
+    what = f"{family} {_label(m)} ({dtype}, random weights, colour head randomised)"
+    rows = []
+    try:
+        model.chroma_gain, model.hole_chroma = 1.0, 1.0
+        t = time.perf_counter()
+        ref, _ = evaluate(model, dataset, device, n, 0, calibrate=bool(cfg["calibrate_gain"]), autocast=autocast)
+        sec = time.perf_counter() - t
+        ref_gain = (model.chroma_gain, model.hole_chroma)
+        rows.append(row(f"{VALIDATION_NAME}, as training (imgrestore.metrics on the CPU)",
+                        f"{sec:.1f} s for {n} images ({1000 * sec / n:.0f} ms/image)",
+                        f"training.evaluate on {_device_text(device)}, {size} px: {what} forward, the chroma gain "
+                        f"chosen on the first {calib} images ({len(GAIN_GRID)} gains, then {len(HOLE_GRID)} hole "
+                        f"factors), every image scored at gain 0 and at the chosen gain (about "
+                        f"{2 * n + calib * (len(GAIN_GRID) + len(HOLE_GRID))} scorings); n = "
+                        f"{'--quick' if quick else 'dacon.yaml max_val_images'}", gpu=gpu))
+    except Exception as e:
+        ref = None
+        rows.append(row(f"{VALIDATION_NAME}, as training (imgrestore.metrics on the CPU)", missing(e)))
+    name = f"{VALIDATION_NAME}, torch metric on {device.type} (not wired into training)"
+    try:
+        model.chroma_gain, model.hole_chroma = 1.0, 1.0
+        t = time.perf_counter()
+        got, phases = evaluate_torch(model, dataset, device, n, autocast)
+        sec = time.perf_counter() - t
+        same = ""
+        if ref is not None:
+            same = (f"; |score - training.evaluate's| {abs(got['score'] - ref['score']):.1e}, gain/hole "
+                    f"{(got.get('chroma_gain'), got.get('hole_chroma'))} vs {ref_gain}")
+        rows.append(row(name, f"{sec:.1f} s for {n} images ({phases['forward']:.1f} s prefill + forward, "
+                        f"{phases['scoring']:.1f} s calibration + scoring)",
+                        f"the same work with imgrestore.torch_metrics.score_batch_torch (float64) and the luma "
+                        f"locked in torch, on {_device_text(device)}{same}", gpu=gpu))
+    except Exception as e:
+        rows.append(row(name, missing(e)))
+    _clear_gpu()
+    return rows
+
+
+def bench_two_trial_search(quick: bool = False) -> list[dict]:
+    """(g) A two-trial search end to end on this node: preprocess (embeddings, scene clusters, folds) of the
+    synthetic set, then tuning.search.run_search (Ray Tune + an MLflow store, the classical baselines first) over
+    dacon.yaml with 2 trials of one epoch; wall time by stage."""
+    gpu = cuda_available()
+    if not gpu and not quick:
+        return [row(SEARCH_NAME, NO_GPU, "on a CPU, --quick runs a tiny one")]
+    try:
+        import ray
+        from ray import tune
+
+        import mlflow  # noqa: F401  (the search's store)
+
+        from imgrestore.preprocess import run_preprocess
+        from imgrestore.tracking import setup_tracking
+        from imgrestore.tuning.search import run_search
+        from imgrestore.tuning.space import check_space, load_space
+
+        root, build_s = synthetic_set(quick)
+    except Exception as e:
+        return [row(SEARCH_NAME, missing(e))]
+
+    class Clock(tune.Callback):
+        first_start = None
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            if Clock.first_start is None:
+                Clock.first_start = time.perf_counter()
+
+    space = load_space(DACON_YAML)
+    val = QUICK["search_val_images"] if quick else FULL["search_val_images"]
+    overrides = {"epochs": 1, "max_val_images": val}
+    space.num_samples, space.scheduler = 2, {"name": "fifo"}  # one epoch: ASHA would have nothing to stop
+    if quick:
+        overrides.update(image_size=QUICK["size"], num_workers=0)
+    if not gpu:
+        space.resources = {"cpu": 1, "gpu": 0}
+    with tempfile.TemporaryDirectory(prefix="imgrestore-doctor-search-") as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        t0 = time.perf_counter()
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)  # this node only, never a cluster
+        try:
+            ray_s = time.perf_counter() - t0
+            t = time.perf_counter()
+            pre = run_preprocess(root, embedder="effnet-lite0", log_mlflow=False)
+            pre_s = time.perf_counter() - t
+            space.config = {**space.config, **overrides, "preproc_csv": pre.paths["train_csv"]}
+            check_space(space)
+            setup_tracking(uri)
+            t = time.perf_counter()
+            outcome = run_search(space, root, Path(tmp) / "runs", uri, verbose=0, callbacks=[Clock()])
+            search_s = time.perf_counter() - t
+            before = (Clock.first_start - t) if Clock.first_start else float("nan")
+        except Exception as e:
+            return [row(SEARCH_NAME, missing(e))]
+        finally:
+            ray.shutdown()
+        total = time.perf_counter() - t0
+    trials = []
+    for r in outcome.results:
+        mc = (r.config or {}).get("model", {})
+        if r.error is not None:
+            trials.append(f"{mc.get('name')} {_label(mc)}: failed ({type(r.error).__name__})")
+            continue
+        mt = r.metrics or {}
+        trials.append(f"{mc.get('name')} {_label(mc)}: train {mt.get('train_time_s', float('nan')):.1f} s "
+                      f"({mt.get('train_images_per_s', float('nan')):.1f} img/s), val "
+                      f"{mt.get('val_time_s', float('nan')):.1f} s, score {mt.get('score', float('nan')):.3f}")
+    failed = sum(r.error is not None for r in outcome.results)
+    res = space.resources
+    result = f"{total:.0f} s end to end" + (f"; {failed} of {len(outcome.results)} trials FAILED" if failed else "")
+    import torch
+
+    note = (f"{_device_text(torch.device('cuda')) if gpu else 'cpu'}; synthetic "
+            f"{space.config.get('image_size')} px set, {len(pre.train)} train images; Ray start {ray_s:.0f} s, "
+            f"preprocess (effnet-lite0 embeddings, {pre.backend} clusters, folds; no MLflow) {pre_s:.0f} s, run_search "
+            f"{search_s:.0f} s, of which {before:.0f} s before the first trial (MLflow store, classical baselines); "
+            f"dacon.yaml with 2 samples, 1 epoch, max_val_images {val}, scheduler fifo, resources {res}"
+            f"{', num_workers 0' if quick else ''}; trials: " + "; ".join(trials))
+    return [row(SEARCH_NAME, result, note, gpu=gpu)]
+
+
+TRAINING_BENCHES = {TRAIN_NAME: bench_training_throughput, DATA_WAIT_NAME: bench_data_wait,
+                    VALIDATION_NAME: bench_validation_epoch, SEARCH_NAME: bench_two_trial_search}

@@ -5,12 +5,20 @@ what was found, and where detection was unsure, is reported beside the zip (NAME
 PNGs are named as the inputs and stored flat in the zip; the zip is written under a temporary name,
 checked by the submission rules (imgrestore.submission.rules: names, PNG, RGB, input size), and only then
 renamed into place.
+
+Every zip written here carries a comment naming who wrote it (`submission_comment`: the run, the host, the
+process, the time). `check_out` lets the command-line tools replace an existing output only when it is such a
+zip (or when told to overwrite), and write_submission says which run's zip it replaces: two runs writing one
+path never overwrite each other silently.
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
+import socket
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -66,8 +74,41 @@ def check_submission(zip_path: str | os.PathLike, test: pd.DataFrame) -> int:
     return len(members)
 
 
+COMMENT_PREFIX = "imgrestore submission"
+
+
+def submission_comment(run: str | None = None) -> str:
+    """The comment of a zip written by imgrestore: which run wrote it (default: the running script), where
+    and when. `zip_writer` reads it back."""
+    run = run or Path(sys.argv[0]).name or "python"
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return f"{COMMENT_PREFIX} written by {run} (pid {os.getpid()} on {socket.gethostname()}) at {when}"
+
+
+def zip_writer(path: str | os.PathLike) -> str | None:
+    """The comment of the zip at `path` if imgrestore wrote it; None for anything else (or nothing there)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            comment = zf.comment.decode("utf-8", "replace")
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return comment if comment.startswith(COMMENT_PREFIX) else None
+
+
+def check_out(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Before any work: may a submission be written to `out`? Nothing there, or a zip imgrestore wrote (it will
+    be replaced, and write_submission says whose it was), are fine; a folder never is; any other file is a
+    FileExistsError unless `overwrite`."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; --out names the zip file to write")
+    if out.exists() and not overwrite and zip_writer(out) is None:
+        raise FileExistsError(f"{out}: exists and is not a submission zip written by imgrestore; "
+                              "choose another --out, or pass --overwrite to replace it")
+
+
 def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.PathLike,
-                     device: str | torch.device = "cpu", progress: bool = True) -> Path:
+                     device: str | torch.device = "cpu", progress: bool = True, comment: str | None = None) -> Path:
     """Restore every row of `test` (name, input_path) into the zip `out`, then check it.
 
     Every region with the damage signature is restored (imgrestore.data.masks.detect_regions); an input
@@ -75,13 +116,15 @@ def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.P
     fill values, boxes, confidence, `undamaged`/`unsure` flags and why) goes to `detections_path(out)`
     (NAME.detections.csv beside NAME.zip, written atomically after the zip), each flagged input is
     logged as a warning, and a one-line summary is printed (logged instead when not `progress`).
-    Returns the zip's path.
+    The zip's comment is `comment` (default: `submission_comment()`, naming the running script); a file
+    already at `out` is replaced, and what it was is printed (logged) first. Returns the zip's path.
     """
     out = Path(out)
     model = model.to(device).eval()
     reports = {}
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are already compressed
+            zf.comment = (comment or submission_comment()).encode()[:65535]
             for row in tqdm(list(test.itertuples(index=False)), desc="restoring test set", disable=not progress):
                 gray = read_gray(row.input_path, strict=True)
                 reports[row.name] = detect_regions(gray)
@@ -90,6 +133,8 @@ def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.P
                 Image.fromarray(rgb, "RGB").save(buf, format="PNG")
                 zf.writestr(row.name, buf.getvalue())
         check_submission(tmp, test)
+        if out.exists():  # checked now, not at the start: another run may have written it meanwhile
+            _say(f"replacing {out}: {zip_writer(out) or 'a file imgrestore did not write'}", progress)
     write_csv(detections_path(out), pd.DataFrame([{"name": name, **r.as_row()} for name, r in reports.items()]))
     for name, r in reports.items():
         if r.unsure or r.undamaged:
@@ -100,6 +145,13 @@ def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.P
     else:
         _log.log(logging.WARNING if any(r.unsure or r.undamaged for r in reports.values()) else logging.INFO, line)
     return out
+
+
+def _say(line: str, progress: bool) -> None:
+    if progress:
+        print(line)
+    else:
+        _log.warning(line)
 
 
 def detections_path(zip_path: str | os.PathLike) -> Path:

@@ -8,6 +8,14 @@ read back from the checkpoint on storage. Its state (trial -> run) is saved with
 are also found again by tag, so a resumed experiment never duplicates a run. Tune saves its experiment state
 every few seconds, so a driver killed in between can leave runs of trials the restored experiment never
 heard of (Tune samples them again under new ids): on its first step the callback deletes those orphans.
+
+What a trial run shows (also its MLflow description, RUN_NOTE): the per-epoch curves the trial reported, and
+nothing else: Tune's bookkeeping and the trial's config (which Tune copies into every result) are left out,
+the config being the run's parameters. The `val_restorations` image at every epoch, and at step 0 (where
+MLflow's image viewer opens; nothing exists before the first epoch) the first epoch's grid, labelled as such
+(or `val_samples_untrained.png`, if a first checkpoint holds one). The best epoch so far (by the search's
+metric) as the tag `best_epoch` and its grid as the artifact `best_val_restorations.png`, replaced whenever
+an epoch improves on it: when the trial ends it is the best epoch's.
 """
 from __future__ import annotations
 
@@ -18,15 +26,26 @@ from pathlib import Path
 import numpy as np
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
-from PIL import Image
+from PIL import Image, ImageDraw
 from ray import tune
 
 log = logging.getLogger(__name__)
 TRIAL_TAG = "ray_trial_id"
 SAMPLES_FILE = "val_samples.png"
+UNTRAINED_SAMPLES_FILE = "val_samples_untrained.png"  # the grid before any training, if a loop writes it
+IMAGE_KEY = "val_restorations"
+BEST_IMAGE = "best_val_restorations.png"
+# Top-level result keys that are not the trial's curves: Tune's bookkeeping, and `config` (the parameters).
 _SKIP = {"trial_id", "experiment_id", "date", "timestamp", "pid", "hostname", "node_ip", "config",
          "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore", "done",
-         "checkpoint_dir_name", "should_checkpoint", "experiment_tag"}
+         "checkpoint_dir_name", "should_checkpoint", "experiment_tag", "training_iteration",
+         "timesteps_total", "episodes_total", "timesteps_since_restore"}
+RUN_NOTE = """Curves are per epoch (x axis: the epoch); a value in the runs table is the LAST epoch's.
+`score` (and `ssim`, `masked_ssim`, `hist_sim`): validation at that epoch. `best_score`: the best validation
+score up to that epoch; the tag `best_epoch` names that epoch, whose checkpoint is the trial's best (the
+champion's, when this trial wins).
+Images: `val_restorations` at every epoch (step 0 shows epoch 1's grid, labelled: nothing is logged before
+training), and `best_val_restorations.png`, the best epoch's grid."""
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -37,11 +56,37 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def epoch_metrics(result: dict) -> dict[str, float]:
+    """The finite numbers a trial reported in one Tune result, flattened (`a.b`); not `_SKIP`'s keys."""
+    reported = flatten({k: v for k, v in result.items() if k not in _SKIP})
+    return {k: float(v) for k, v in reported.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def label_image(image: np.ndarray, text: str) -> np.ndarray:
+    """`image` (HxWx3 uint8) under a white band that holds `text`."""
+    im = Image.fromarray(image)
+    out = Image.new("RGB", (im.width, im.height + 14), "white")
+    out.paste(im, (0, 14))
+    ImageDraw.Draw(out).text((3, 1), text, fill="black")
+    return np.asarray(out)
+
+
+def _read_rgb(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 class MLflowTrialLogger(tune.Callback):
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, log_images: bool = True):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, log_images: bool = True,
+                 metric: str = "score", mode: str = "max"):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.log_images = log_images
+        self.metric, self.mode = metric, mode
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self.best: dict[str, tuple[float, int]] = {}  # trial id -> (best value of `metric`, its epoch)
         self._first_step = True
 
     @property
@@ -49,10 +94,11 @@ class MLflowTrialLogger(tune.Callback):
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def get_state(self) -> dict:
-        return {"runs": dict(self.runs)}
+        return {"runs": dict(self.runs), "best": dict(self.best)}
 
     def set_state(self, state: dict) -> None:
         self.runs.update(state.get("runs", {}))
+        self.best.update({k: tuple(v) for k, v in state.get("best", {}).items()})
 
     def setup(self, **info):
         self._first_step = True  # called by every fit, the first one and each resume
@@ -84,7 +130,8 @@ class MLflowTrialLogger(tune.Callback):
             run_id = found[0].info.run_id
         else:
             run = self.client.create_run(self.experiment_id, run_name=str(trial),
-                                         tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id})
+                                         tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id,
+                                               "mlflow.note.content": RUN_NOTE})
             run_id = run.info.run_id
             params = [Param(k, str(v)[:6000]) for k, v in flatten(trial.config).items()]
             for i in range(0, len(params), 100):
@@ -98,20 +145,37 @@ class MLflowTrialLogger(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0) * 1000)
-        metrics = [Metric(k, float(v), ts, step) for k, v in flatten(result).items()
-                   if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        metrics = [Metric(k, v, ts, step) for k, v in epoch_metrics(result).items()]
         self.client.log_batch(self.run_id(trial), metrics=metrics)
+        if self._improves(trial.trial_id, result.get(self.metric), step):
+            self.client.set_tag(self.run_id(trial), "best_epoch", str(step))
+
+    def _improves(self, trial_id: str, value, epoch: int) -> bool:
+        """Whether `value` of the metric beats the trial's best so far (and then remember it)."""
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        best = self.best.get(trial_id)
+        if best is not None and not (value > best[0] if self.mode == "max" else value < best[0]):
+            return False
+        self.best[trial_id] = (float(value), epoch)
+        return True
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         if not self.log_images:
             return
-        step = int((trial.last_result or {}).get("epoch", iteration))
+        step = int((trial.last_result or {}).get("epoch", iteration))  # Tune sets last_result before this
         with checkpoint.as_directory() as d:
-            path = Path(d) / SAMPLES_FILE
-            if path.is_file():
-                with Image.open(path) as im:
-                    image = np.asarray(im.convert("RGB"))
-                self.client.log_image(self.run_id(trial), image, key="val_restorations", step=step)
+            grid, untrained = _read_rgb(Path(d) / SAMPLES_FILE), _read_rgb(Path(d) / UNTRAINED_SAMPLES_FILE)
+        if grid is None:
+            return
+        run_id = self.run_id(trial)
+        self.client.log_image(run_id, grid, key=IMAGE_KEY, step=step)
+        if step == 1:  # MLflow's image viewer opens at step 0: show the untrained grid, or say what is shown
+            before = label_image(untrained, "before training") if untrained is not None else \
+                label_image(grid, "after epoch 1")
+            self.client.log_image(run_id, before, key=IMAGE_KEY, step=0)
+        if self.best.get(trial.trial_id, (None, None))[1] == step:
+            self.client.log_image(run_id, grid, artifact_file=BEST_IMAGE)  # replaces the previous best
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.client.set_terminated(self.run_id(trial), RunStatus.to_string(RunStatus.FINISHED))

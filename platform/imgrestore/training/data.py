@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from imgrestore.data.damage import DamageConfig, apply_damage
 from imgrestore.data.io import read_gray, read_rgb
@@ -97,3 +97,71 @@ class RestorationDataset(Dataset):
             if self.flip and rng.random() < 0.5:
                 gray, mask, rgb = gray[:, ::-1], mask[:, ::-1], rgb[:, ::-1]
         return to_tensors(np.ascontiguousarray(gray), np.ascontiguousarray(mask), np.ascontiguousarray(rgb))
+
+
+class PhotoCrops(Dataset):
+    """Training pairs made on the fly from colour photos that have no damage pairs (colourisation is
+    self-supervised: any colour photo teaches colour). Each epoch draws `per_epoch` random square crops
+    (``imgrestore.data.build.random_square_crop``), resized to `size`, damaged by the damage model.
+
+    photos: ``[(name, loader returning RGB uint8)]`` (``imgrestore.data.build.photos_in(folder)`` or
+    ``imgrestore.data.embedded.bundled_photos()``). They must not show the validation images' scenes, or
+    validation stops predicting held-out photos (the caller's responsibility: nothing here can know).
+    """
+
+    def __init__(self, photos, size: int, per_epoch: int, seed: int = 0, flip: bool = True,
+                 damage: DamageConfig = DamageConfig()):
+        if not photos:
+            raise ValueError("extra photos: the folder holds no photos")
+        if not size:
+            raise ValueError("extra photos need a fixed image_size (crops are resized to it)")
+        self.photos, self.size, self.per_epoch = list(photos), int(size), int(per_epoch)
+        self.seed, self.flip, self.damage, self.epoch = seed, flip, damage, 0
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int):
+        from imgrestore.data.build import random_square_crop
+
+        rng = np.random.default_rng((self.seed, 7919, self.epoch, i))  # 7919: apart from the pairs' streams
+        name, load = self.photos[int(rng.integers(len(self.photos)))]
+        rgb, _ = random_square_crop(load(), self.size, rng)
+        damaged = apply_damage(rgb, rng, self.damage)
+        gray, mask = damaged.gray, damaged.mask
+        if self.flip and rng.random() < 0.5:
+            gray, mask, rgb = gray[:, ::-1], mask[:, ::-1], rgb[:, ::-1]
+        return to_tensors(np.ascontiguousarray(gray), np.ascontiguousarray(mask), np.ascontiguousarray(rgb))
+
+
+def extra_photo_sources(spec: str):
+    """'bundled' (the photos the embedded default is built from) or a folder of colour photos."""
+    from imgrestore.data.build import photos_in
+    from imgrestore.data.embedded import bundled_photos
+
+    return bundled_photos() if spec == "bundled" else photos_in(spec)
+
+
+class EpochConcat(ConcatDataset):
+    """ConcatDataset that passes set_epoch on to its parts."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for d in self.datasets:
+            d.set_epoch(epoch)
+
+    def pair(self, i: int):
+        """The (gray, mask, rgb) arrays of item i (the chroma class weights read the training truths)."""
+        for d in self.datasets:
+            if i < len(d):
+                return d.pair(i) if hasattr(d, "pair") else _as_arrays(d[i])
+            i -= len(d)
+        raise IndexError(i)
+
+
+def _as_arrays(item):
+    gray, mask, rgb = item
+    return ((gray[0] * 255).round().byte().numpy(), mask[0].numpy() > 0,
+            (rgb.permute(1, 2, 0) * 255).round().byte().numpy())

@@ -26,7 +26,7 @@ from imgrestore.losses import build_loss, chroma_class_loss, masked_l1_loss
 from imgrestore.models import create_model, is_trainable
 from imgrestore.models.color import rgb_to_chroma, rgb_to_luma
 from imgrestore.training.checkpoint import TRIAL_CONFIG, load_model, load_train_state, save_model, save_train_state
-from imgrestore.training.data import RestorationDataset
+from imgrestore.training.data import EpochConcat, PhotoCrops, RestorationDataset, extra_photo_sources
 from imgrestore.training.evaluate import evaluate
 from imgrestore.training.samples import restoration_grid
 
@@ -46,6 +46,8 @@ DEFAULTS = {
     "image_size": 128,           # train and validate at image_size x image_size (None: native size)
     "epochs": 5,
     "extra_damage": 0.0,         # probability of swapping the real damage for generated damage
+    "extra_photos": None,        # colour photos without pairs to train on too: a folder, or "bundled"; their
+    "extra_per_epoch": 0,        #   scenes must not be the validation's. Random damaged crops per epoch
     "flip": True,
     "cluster_balanced": False,   # sample each scene cluster equally often
     "grad_clip": 1.0,
@@ -153,6 +155,10 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
     train_ds = RestorationDataset(train_frame, size, train=True, extra_damage=cfg["extra_damage"],
                                   flip=cfg["flip"], seed=seed)
     val_ds = RestorationDataset(val_frame, size)
+    if cfg["extra_photos"] and int(cfg["extra_per_epoch"]) > 0:
+        extra = PhotoCrops(extra_photo_sources(cfg["extra_photos"]), size, int(cfg["extra_per_epoch"]), seed,
+                           flip=cfg["flip"])
+        train_ds = EpochConcat([train_ds, extra])
     sampler = None
     if cfg["cluster_balanced"]:
         counts = train_frame["cluster"].map(train_frame["cluster"].value_counts())

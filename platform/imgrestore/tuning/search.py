@@ -9,10 +9,14 @@ on a multi-node cluster it must be storage every node can reach (Ray syncs nothi
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import secrets
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,19 +139,48 @@ def _as_outcome_dir(location: str) -> Path | str:
     return location if _is_uri(location) else Path(location)
 
 
+def experiment_name(space_name: str, now: float | None = None) -> str:
+    """`<space>-YYYYmmdd-HHMMSS-<6 hex>`: the start time orders experiments, and the random suffix keeps two
+    searches started in the same second (in one folder) apart."""
+    return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{secrets.token_hex(3)}"
+
+
+def _create_experiment_dir(storage_path: str, space_name: str) -> tuple[str, str]:
+    """(name, location) of a new experiment folder, created here and nowhere else: a local folder is made
+    exclusively (a name taken meanwhile gets a new suffix); an object store has no exclusive create, so
+    there the random suffix alone keeps searches apart."""
+    for _ in range(10):
+        name = experiment_name(space_name)
+        location = _join(storage_path, name)
+        if _is_uri(location):
+            fs, path = _filesystem(location)
+            if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+                fs.create_dir(path, recursive=True)
+                return name, location
+            continue
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(location).mkdir()
+        except FileExistsError:
+            continue
+        return name, location
+    raise FileExistsError(f"{storage_path}: could not create a new experiment folder for '{space_name}'")
+
+
 def latest_experiment(storage_path: str | os.PathLike, space_name: str) -> Path | str | None:
     """The most recently started experiment of `space_name` under `storage_path` that Tune can restore.
 
-    Experiments are named `<space>-YYYYmmdd-HHMMSS`, so the name orders them (object stores have no
-    folder times). A Path for local storage, the URI for remote storage; None when there is none.
+    Experiments are named `<space>-YYYYmmdd-HHMMSS-<suffix>` (`experiment_name`; before the suffix existed,
+    `<space>-YYYYmmdd-HHMMSS`), so the name's time orders them (object stores have no folder times).
+    A Path for local storage, the URI for remote storage; None when there is none.
     """
     root = storage_location(storage_path)
     fs, path = _filesystem(root)
-    pattern = re.compile(rf"{re.escape(space_name)}-\d{{8}}-\d{{6}}")
+    pattern = re.compile(rf"{re.escape(space_name)}-(\d{{8}}-\d{{6}})(?:-[0-9a-f]+)?")
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-    names = sorted(i.base_name for i in infos
-                   if i.type == pyarrow.fs.FileType.Directory and pattern.fullmatch(i.base_name))
-    for name in reversed(names):
+    started = {i.base_name: m.group(1) for i in infos if i.type == pyarrow.fs.FileType.Directory
+               and (m := pattern.fullmatch(i.base_name))}
+    for name in sorted(started, key=lambda n: (started[n], n), reverse=True):
         if tune.Tuner.can_restore(_join(root, name)):
             return _as_outcome_dir(_join(root, name))
     return None
@@ -179,8 +212,7 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
             baselines = _baselines(space, data_dir, client, parent_run_id, exp_dir)
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
     else:
-        name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        exp_dir = _join(storage_path, name)
+        name, exp_dir = _create_experiment_dir(storage_path, space.name)
         parent = client.create_run(experiment_id, run_name=name, tags={"imgrestore.stage": "tune"})
         parent_run_id = parent.info.run_id
         _write_text(_join(exp_dir, PARENT_FILE), json.dumps({"run_id": parent_run_id, "experiment_id": experiment_id}))
@@ -209,22 +241,53 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
                 # a trial's latest could already be deleted when a killed driver is resumed.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),
-                callbacks=[MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id), *callbacks],
+                callbacks=[MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id, metric=space.metric,
+                                             mode=space.mode), *callbacks],
             ),
         )
     try:
-        results = tuner.fit()
+        with _sigint_watch() as interrupted:
+            results = tuner.fit()
     except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped without its last save
         _mark_killed(client, experiment_id, parent_run_id)
         raise SearchInterrupted(_as_outcome_dir(exp_dir)) from None
     except BaseException:  # a crash: the parent run must not stay RUNNING (resume reopens it)
         client.set_terminated(parent_run_id, "FAILED")
         raise
-    if results.num_terminated + results.num_errors < len(results):
-        # Tune catches the first Ctrl-C, saves its state and returns normally: some trials never ended
+    if interrupted() or results.num_terminated + results.num_errors < len(results):
+        # Tune catches the first Ctrl-C, saves its state and returns normally (Ray 2.60 even marks the stopped
+        # trials TERMINATED): nothing may be registered or written from a search that did not end
         _mark_killed(client, experiment_id, parent_run_id)
         raise SearchInterrupted(_as_outcome_dir(exp_dir))
     return SearchOutcome(results, _as_outcome_dir(exp_dir), parent_run_id, experiment_id, baselines)
+
+
+@contextlib.contextmanager
+def _sigint_watch():
+    """Yields a function telling whether Tune caught a Ctrl-C during the block.
+
+    Tune replaces the SIGINT handler when fit() starts and, on the first Ctrl-C, stops the search and puts back
+    the handler it found; it never restores it otherwise. So a sentinel installed before fit() that is back in
+    place afterwards means Tune caught a SIGINT. (Tune installs its handler only from the main thread and
+    unless TUNE_DISABLE_SIGINT_HANDLER is set; then a Ctrl-C reaches the sentinel, which raises
+    KeyboardInterrupt as Python's default handler would.)
+    """
+    def sentinel(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, sentinel)
+    tune_handles = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    caught = []
+    try:
+        yield lambda: bool(caught)
+    finally:
+        if tune_handles and signal.getsignal(signal.SIGINT) is sentinel:
+            caught.append(True)
+        signal.signal(signal.SIGINT, previous)
 
 
 def _mark_killed(client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
@@ -252,9 +315,13 @@ def best_checkpoint(results: tune.ResultGrid, metric: str, mode: str):
     """(best result, its best checkpoint, the metrics of the epoch that made that checkpoint).
 
     Data-parallel trials report their checkpoints through Ray Train (the `checkpoint_path` metric)
-    rather than to Tune; both are handled. Raises RuntimeError when no trial left a checkpoint.
+    rather than to Tune; both are handled. Raises RuntimeError when no trial reported `metric` (with the
+    first failed trial's error in the message) or none left a checkpoint.
     """
-    best = results.get_best_result(metric, mode, scope="all")
+    try:
+        best = results.get_best_result(metric, mode, scope="all")
+    except RuntimeError:  # Tune's "No best trial found": say why, with the first trial's traceback
+        raise RuntimeError(_no_score_message(results, metric)) from None
     frame = best.metrics_dataframe.dropna(subset=[metric])
     row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
     try:
@@ -267,3 +334,11 @@ def best_checkpoint(results: tune.ResultGrid, metric: str, mode: str):
     if checkpoint is None:
         raise RuntimeError(f"no trial produced a checkpoint (best trial {best.path}: {best.error})")
     return best, checkpoint, row.to_dict()
+
+
+def _no_score_message(results: tune.ResultGrid, metric: str) -> str:
+    errors = [r.error for r in results if r.error is not None]
+    if not errors:
+        return f"no trial reported '{metric}' ({len(results)} trial(s), none failed)"
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(errors[0]))  # Ray colours the failed task's name for terminals
+    return f"no trial reported '{metric}': {len(errors)} of {len(results)} trial(s) failed; the first error:\n{first}"

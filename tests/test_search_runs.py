@@ -1,0 +1,78 @@
+"""imgrestore.tuning.search without running a search: experiment folder names (unique, created exclusively,
+ordered by time for `--resume latest`) and the error when no trial reported a score."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from imgrestore.tuning import search
+from imgrestore.tuning.search import best_checkpoint, experiment_name, latest_experiment
+
+
+def restorable(root, name):
+    (root / name).mkdir(parents=True)
+    (root / name / "tuner.pkl").write_bytes(b"")  # what tune.Tuner.can_restore looks for
+    return root / name
+
+
+def test_experiment_names_differ_within_one_second():
+    names = {experiment_name("demo", now=1_700_000_000) for _ in range(50)}
+    assert len(names) == 50
+    assert all(re.fullmatch(r"demo-\d{8}-\d{6}-[0-9a-f]{6}", n) for n in names)
+
+
+def test_experiment_folder_is_created_exclusively(tmp_path, monkeypatch):
+    taken = "demo-20240101-120000-aaaaaa"
+    (tmp_path / taken).mkdir()
+    names = iter([taken, "demo-20240101-120000-bbbbbb"])
+    monkeypatch.setattr(search, "experiment_name", lambda space, now=None: next(names))
+    name, location = search._create_experiment_dir(str(tmp_path), "demo")
+    assert name == "demo-20240101-120000-bbbbbb" and location == str(tmp_path / name)
+    assert (tmp_path / name).is_dir()
+
+
+def test_latest_experiment_orders_by_time_old_and_new_names(tmp_path):
+    restorable(tmp_path, "demo-20240101-120000")             # a name from before the suffix
+    restorable(tmp_path, "demo-20240101-115959-ffffff")
+    newest = restorable(tmp_path, "demo-20240102-090000-000001")
+    restorable(tmp_path, "demo-x-20250101-000000-abcdef")    # another space whose name starts the same
+    (tmp_path / "demo-20991231-000000-abcdef").mkdir()       # not restorable: skipped
+    assert latest_experiment(tmp_path, "demo") == newest
+    newest.joinpath("tuner.pkl").unlink()
+    assert latest_experiment(tmp_path, "demo") == tmp_path / "demo-20240101-120000"
+    assert latest_experiment(tmp_path, "demo-x") == tmp_path / "demo-x-20250101-000000-abcdef"
+    assert latest_experiment(tmp_path / "nothing", "demo") is None
+
+
+class _Result:
+    def __init__(self, error=None):
+        self.error = error
+
+
+class _Grid:
+    """What best_checkpoint reads of a ResultGrid in which no trial reported the metric."""
+
+    def __init__(self, results):
+        self.results = results
+
+    def get_best_result(self, metric, mode, scope):
+        raise RuntimeError(f"No best trial found for the given metric: {metric}.")  # what Tune raises
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self):
+        return len(self.results)
+
+
+def test_no_score_names_the_first_trial_error():
+    trace = "Traceback (most recent call last):\n  File \"loop.py\", line 9\nValueError: bad lr"
+    grid = _Grid([_Result(), _Result(RuntimeError(trace)), _Result(RuntimeError("second"))])
+    with pytest.raises(RuntimeError) as e:
+        best_checkpoint(grid, "score", "max")
+    text = str(e.value)
+    assert "no trial reported 'score': 2 of 3 trial(s) failed" in text
+    assert trace in text and "second" not in text
+    with pytest.raises(RuntimeError, match=r"no trial reported 'score' \(1 trial\(s\), none failed\)"):
+        best_checkpoint(_Grid([_Result()]), "score", "max")
