@@ -1,9 +1,12 @@
 """pipelines/doctor.py: the node report and `--bench --quick` on this CPU machine, with and without the optional
-libraries; the GPU section of docs/benchmarks.md."""
+libraries (the training-code rows included: every model family trained, the data wait, validation with both
+metrics, a two-trial search); the GPU section of docs/benchmarks.md."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +19,7 @@ BENCH_ROWS = ("UMAP + HDBSCAN, cpu", "UMAP + HDBSCAN, cuml", "ARI cuml vs cpu", 
               "embedding, Ray Data", "embedding batch sweep (GPU)", "metric, imgrestore.metrics (CPU)",
               "metric, torch float64 on CPU", "metric, torch on GPU", "training throughput / peak memory",
               "data-wait share", "validation time per epoch", "two-trial search")
+FAMILIES = ("effnet_unet", "two_stage_unet", "unet")
 # A node with torch but without these (the brief's minimal GPU node): they must read "not installed here".
 BLOCKER = """
 import importlib.abc, runpy, sys
@@ -67,8 +71,11 @@ def test_quick_bench_has_every_row(tmp_path):
     assert "sqlite:///./mlflow.db: not created yet" in _row(out, "MLflow store")
     assert not (tmp_path / "mlflow.db").exists()  # the doctor creates nothing
     assert "HF_HUB_OFFLINE" in _row(out, "Hugging Face hub")
-    for hook in ("data-wait share", "two-trial search"):
-        assert "not yet wired" in _row(out, hook)
+    _check_training_rows(out)
+    search = _row(out, "two-trial search")
+    if importlib.util.find_spec("ray") and importlib.util.find_spec("mlflow"):
+        assert "s end to end" in search and "FAILED" not in search, search
+        assert len(re.findall(r"val \d+\.\d s, score -?\d\.\d{3}", search)) == 2, search
     assert "max abs diff of the score vs imgrestore.metrics" in _row(out, "metric, torch float64 on CPU")
     if not importlib.util.find_spec("cuml"):
         assert "not installed here" in _row(out, "cuML / RAPIDS")
@@ -78,6 +85,27 @@ def test_quick_bench_has_every_row(tmp_path):
             assert "no GPU here" in _row(out, name), name
         assert "GPU figures are still to be measured" in out and "not written" in out
         assert docs.read_text() == "# Benchmarks\n\n## Other\n\nkept\n"
+
+
+def _check_training_rows(out: str) -> None:
+    """(d)-(g), --quick: every family measured in fp32 (on the CPU here), the GPU-only figures say so, and the
+    torch validation metric reproduces training.evaluate's score."""
+    device = "cpu" if not _cuda() else ""
+    for family in FAMILIES:
+        line = _row(out, f"training throughput / peak memory, {family}, fp32")
+        assert " img/s" in line and device in line and "64 px, batch 2" in line, line
+    wait = _row(out, "data-wait share")
+    assert "% (" in wait and "ms wait" in wait and "num_workers 4" in wait, wait
+    val = _row(out, "validation time per epoch, as training")
+    assert " s for 2 images" in val, val
+    torch_val = _row(out, "validation time per epoch, torch metric")
+    diff = float(torch_val.split("|score - training.evaluate's| ")[1].split(",")[0])
+    assert diff < 1e-6, torch_val
+    gains = torch_val.split("gain/hole ")[1].split(" |")[0].split(" vs ")
+    assert gains[0] == gains[1], torch_val
+    if not _cuda():
+        for name in ("training throughput / peak memory, bf16", "training throughput / peak memory, 24 GiB check"):
+            assert "no GPU here" in _row(out, name), name
 
 
 @pytest.mark.slow
@@ -90,6 +118,45 @@ def test_missing_libraries_are_reported_not_fatal(tmp_path):
         assert "not installed here" in _row(out, name), name
     assert "images/s" in _row(out, "embedding, plain loop")  # torch + transformers alone still measure
     assert "ms/image" in _row(out, "metric, torch float64 on CPU")
+    assert "not installed here" in _row(out, "two-trial search")
+    _check_training_rows(out)  # torch alone trains (dacon.yaml is then read as plain YAML)
+
+
+def test_dacon_grid_covers_every_model_configuration():
+    from imgrestore import gpu_bench
+
+    config, _ = gpu_bench.dacon_config()
+    grid = gpu_bench.model_grid(config)
+    model = config["model"]
+    sizes = [len(v["choice"]) for v in model.values() if isinstance(v, dict) and "choice" in v]
+    assert len(grid) == math.prod(sizes) and len({tuple(sorted(m.items())) for m in grid}) == len(grid)
+    assert {m["name"] for m in grid} == set(FAMILIES)
+    assert all(m["prefill"] == model["prefill"] for m in grid)
+    heavy = gpu_bench._heaviest(config)
+    assert heavy["loss"]["ssim"] == config["loss"]["ssim"]["uniform"][1]
+    assert heavy["loss"]["metric_m"] == max(config["loss"]["metric_m"]["choice"])
+    assert heavy["cluster_balanced"] is False and heavy["batch_size"] == config["batch_size"]
+    quick = gpu_bench._one_per_family(grid)
+    assert [m["name"] for m in quick] == gpu_bench._families(grid)
+    assert {m["chroma"] for m in quick} == {"regression", "classification"}
+
+
+def test_lock_luma_torch_matches_numpy():
+    import numpy as np
+    import torch
+
+    from imgrestore import gpu_bench
+    from imgrestore.models.color import lock_luma
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
+    rgb[0, :5] = 255  # saturated pixels, where the luma cannot be locked by adding: they become gray
+    gray = rng.integers(0, 256, (3, 40, 50), dtype=np.uint8)
+    keep = rng.random((3, 40, 50)) < 0.7
+    want = np.stack([lock_luma(rgb[i], gray[i], keep[i]) for i in range(3)])
+    got = gpu_bench.lock_luma_torch(torch.from_numpy(rgb).permute(0, 3, 1, 2), torch.from_numpy(gray),
+                                    torch.from_numpy(keep))
+    assert np.array_equal(got.permute(0, 2, 3, 1).numpy(), want)
 
 
 def test_gpu_section_replaces_or_appends(tmp_path):

@@ -85,6 +85,8 @@ def test_train_reports_every_epoch_with_checkpoints(tiny_dacon, preproc_csv, tmp
         p.name for p in ck.iterdir()}
     model = load_model(ck)
     assert model.name == "unet" and json.loads((ck / "trial_config.json").read_text())["epochs"] == 2
+    # the "before" picture (untrained model) travels with the first checkpoint only
+    assert (tmp_path / "ckpt1" / "val_samples_untrained.png").is_file() and not (ck / "val_samples_untrained.png").exists()
 
 
 def test_resume_continues_exactly(tiny_dacon, preproc_csv, tmp_path):

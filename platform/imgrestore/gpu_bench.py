@@ -21,11 +21,13 @@ measure on a GPU only (--quick: tiny, and on the CPU too, fp32).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import gc
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -322,7 +324,7 @@ SEARCH_NAME = "two-trial search"
 LIMIT_GIB = 24.0  # the question these rows answer: does every dacon.yaml trial fit on a 24 GB card?
 DACON_YAML = Path(__file__).resolve().parents[2] / "search_spaces" / "dacon.yaml"
 _DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "quniform", "qloguniform")  # as tuning.space
-QUICK = {"size": 64, "batch_size": 2, "warmup": 1, "steps": 2, "val_images": 4, "search_val_images": 4}
+QUICK = {"size": 64, "batch_size": 2, "warmup": 1, "steps": 1, "val_images": 2, "search_val_images": 4}
 FULL = {"warmup": 2, "steps": 5, "wait_steps": 20, "search_val_images": 16}
 _SETS: dict = {}
 
@@ -377,10 +379,15 @@ def _smallest(grid: list[dict], family: str) -> dict:
     return min((m for m in grid if m["name"] == family), key=lambda m: (_size_key(m), m.get("chroma") != "regression"))
 
 
-def _largest(grid: list[dict]) -> list[dict]:
-    """Per family, its widest and deepest configurations (every chroma head)."""
-    top = {f: max(_size_key(m) for m in grid if m["name"] == f) for f in _families(grid)}
-    return [m for m in grid if _size_key(m) == top[m["name"]]]
+def _one_per_family(grid: list[dict]) -> list[dict]:
+    """--quick: each family's smallest configuration, the chroma heads taken in turn (both code paths run)."""
+    heads = list(dict.fromkeys(m.get("chroma") for m in grid))
+    out = []
+    for i, family in enumerate(_families(grid)):
+        mine = [m for m in grid if m["name"] == family]
+        low = [m for m in mine if _size_key(m) == min(_size_key(x) for x in mine)]
+        out.append(next((m for m in low if m.get("chroma") == heads[i % len(heads)]), low[0]))
+    return out
 
 
 def _label(m: dict) -> str:
@@ -466,40 +473,15 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
     def step(self, gray, mask, rgb) -> float:
-        """One training step on a CPU batch; returns the loss.
+        """One training step on a CPU batch, the training loop's own (imgrestore.training.loop.train_step),
+        after the same copy to the device; returns the loss."""
+        from imgrestore.training.loop import train_step
 
-        This mirrors the inner step of imgrestore.training.loop.train line for line (copy to the device,
-        autocast forward, loss in fp32 + auxiliary gray L1 + chroma-class cross-entropy, the NaN guard, scaled
-        backward, gradient clipping, optimizer, scaler and schedule steps, loss.item()); loop.py is deliberately
-        not refactored for the benchmark. Keep the two alike when the loop changes.
-        """
-        import torch
-
-        from imgrestore.losses import chroma_class_loss, masked_l1_loss
-        from imgrestore.models.color import rgb_to_luma
-
-        cfg, device, net, optimizer, scaler = self.cfg, self.device, self.model, self.optimizer, self.scaler
+        device = self.device
         gray = gray.to(device, non_blocking=True)
         mask, rgb = mask.to(device, non_blocking=True), rgb.to(device, non_blocking=True)
-        with torch.autocast(**self.autocast):
-            out = net(gray, mask, return_aux=True)
-        loss, parts = self.loss_fn(out["rgb"].float(), rgb, mask)
-        if cfg["aux_gray_weight"]:
-            aux = masked_l1_loss(out["y"].float(), rgb_to_luma(rgb), mask)
-            loss, parts = loss + cfg["aux_gray_weight"] * aux, {**parts, "aux_gray": aux.detach()}
-        if out.get("chroma_logits") is not None and cfg["chroma_class_weight"]:
-            ce = chroma_class_loss(out["chroma_logits"], rgb, self.bins, self.class_weights)
-            loss, parts = loss + cfg["chroma_class_weight"] * ce, {**parts, "chroma_class": ce.detach()}
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg["grad_clip"]:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        self.scheduler.step()
+        loss, parts = train_step(self.model, gray, mask, rgb, self.cfg, self.loss_fn, self.optimizer, self.scaler,
+                                 self.scheduler, self.autocast, self.bins, self.class_weights)
         for v in parts.values():  # the loop reads every part back (float(v)) for its epoch means
             float(v)
         return loss.item()
@@ -603,7 +585,7 @@ def bench_training_throughput(quick: bool = False) -> list[dict]:
         return [row(TRAIN_NAME, missing(e))]
     device = torch.device("cuda" if gpu else "cpu")
     grid = model_grid(config)
-    measured = _largest(grid) if quick else grid
+    measured = _one_per_family(grid) if quick else grid
     size, bs = setting["size"], setting["batch_size"]
     warmup, steps = (QUICK["warmup"], QUICK["steps"]) if quick else (FULL["warmup"], FULL["steps"])
     any_cfg = training_cfg(measured[0])
@@ -680,7 +662,8 @@ def bench_training_throughput(quick: bool = False) -> list[dict]:
 
 def bench_data_wait(quick: bool = False) -> list[dict]:
     """(e) The share of a training step spent blocked on the DataLoader (next(iter)), with dacon.yaml's
-    num_workers and pin_memory, for each family's cheapest configuration (the fastest step: the worst case)."""
+    num_workers and pin_memory, for each family's cheapest configuration (the fastest step: the worst case;
+    --quick: the first family only)."""
     gpu = cuda_available()
     if not gpu and not quick:
         return [row(DATA_WAIT_NAME, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
@@ -707,8 +690,8 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
                           generator=torch.Generator().manual_seed(0))
 
     # the loader alone: how many images/s it delivers with nothing else running
-    it = iter(loader())
     t = time.perf_counter()
+    it = iter(loader())  # starts the workers
     next(it)
     first_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -717,7 +700,7 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
     alone = steps * bs / (time.perf_counter() - t)
     del it
     parts, dtype = [], "?"
-    for family in _families(grid):
+    for family in _families(grid)[:1] if quick else _families(grid):
         m = _smallest(grid, family)
         cfg = training_cfg(m)
         try:
@@ -741,7 +724,7 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
             parts.append(f"{family} {_label(m)}: {missing(e)}")
     _clear_gpu()
     note = (f"{_device_text(device)}, {size} px, batch {bs}, {dtype}; share = time blocked in next(loader) / (that + "
-            f"the training step), over {steps} steps after the first; RestorationDataset(train=True, extra_damage "
+            f"the training step), over {steps} step{'s' if steps > 1 else ''} after the first; RestorationDataset(train=True, extra_damage "
             f"{first_cfg['extra_damage']}: dacon.yaml's highest), DataLoader num_workers {workers} (dacon.yaml), "
             f"pin_memory {gpu}, on {os.cpu_count()} CPUs; the loader alone: {alone:.0f} images/s, first batch after "
             f"{first_s:.1f} s (worker start, paid every epoch)")
@@ -874,9 +857,11 @@ def bench_validation_epoch(quick: bool = False) -> list[dict]:
                         f"{sec:.1f} s for {n} images ({1000 * sec / n:.0f} ms/image)",
                         f"training.evaluate on {_device_text(device)}, {size} px: {what} forward, the chroma gain "
                         f"chosen on the first {calib} images ({len(GAIN_GRID)} gains, then {len(HOLE_GRID)} hole "
-                        f"factors), every image scored at gain 0 and at the chosen gain (about "
-                        f"{2 * n + calib * (len(GAIN_GRID) + len(HOLE_GRID))} scorings); n = "
-                        f"{'--quick' if quick else 'dacon.yaml max_val_images'}", gpu=gpu))
+                        f"factors unless the gain is 0), every image scored at gain 0 and at the chosen gain: "
+                        f"{2 * n + calib * (len(GAIN_GRID) + (len(HOLE_GRID) if ref_gain[0] else 0))} scorings at "
+                        f"gain {ref_gain[0]:g}" + ("" if ref_gain[0] else f" (a nonzero gain, as a trained model's, "
+                                                 f"adds {calib * len(HOLE_GRID)})")
+                        + f"; n = {'--quick' if quick else 'dacon.yaml max_val_images'}", gpu=gpu))
     except Exception as e:
         ref = None
         rows.append(row(f"{VALIDATION_NAME}, as training (imgrestore.metrics on the CPU)", missing(e)))
@@ -909,6 +894,7 @@ def bench_two_trial_search(quick: bool = False) -> list[dict]:
         return [row(SEARCH_NAME, NO_GPU, "on a CPU, --quick runs a tiny one")]
     try:
         import ray
+        import torch
         from ray import tune
 
         import mlflow  # noqa: F401  (the search's store)
@@ -950,7 +936,8 @@ def bench_two_trial_search(quick: bool = False) -> list[dict]:
             check_space(space)
             setup_tracking(uri)
             t = time.perf_counter()
-            outcome = run_search(space, root, Path(tmp) / "runs", uri, verbose=0, callbacks=[Clock()])
+            with contextlib.redirect_stdout(sys.stderr):  # Tune's banner: the doctor's stdout is its report
+                outcome = run_search(space, root, Path(tmp) / "runs", uri, verbose=0, callbacks=[Clock()])
             search_s = time.perf_counter() - t
             before = (Clock.first_start - t) if Clock.first_start else float("nan")
         except Exception as e:
@@ -971,10 +958,8 @@ def bench_two_trial_search(quick: bool = False) -> list[dict]:
     failed = sum(r.error is not None for r in outcome.results)
     res = space.resources
     result = f"{total:.0f} s end to end" + (f"; {failed} of {len(outcome.results)} trials FAILED" if failed else "")
-    import torch
-
     note = (f"{_device_text(torch.device('cuda')) if gpu else 'cpu'}; synthetic "
-            f"{space.config.get('image_size')} px set, {len(pre.train)} train images; Ray start {ray_s:.0f} s, "
+            f"{space.config.get('image_size')} px set, {len(pre.train)} train images (fold 0 validates); Ray start {ray_s:.0f} s, "
             f"preprocess (effnet-lite0 embeddings, {pre.backend} clusters, folds; no MLflow) {pre_s:.0f} s, run_search "
             f"{search_s:.0f} s, of which {before:.0f} s before the first trial (MLflow store, classical baselines); "
             f"dacon.yaml with 2 samples, 1 epoch, max_val_images {val}, scheduler fifo, resources {res}"

@@ -80,6 +80,20 @@ def evaluate(model, dataset, device, limit: int, n_grid: int, calibrate: bool = 
     return {**metrics, **extra}, shown
 
 
+@torch.no_grad()
+def sample_grid(model, dataset, device, limit: int, n_grid: int, autocast: dict | None = None) -> list:
+    """Only the grid rows of `evaluate` (the same images), nothing scored: the untrained model's "before"."""
+    model.eval()
+    rows = []
+    for i in _spread(list(range(min(len(dataset), limit))), n_grid):
+        gray, mask, rgb = dataset[i]
+        with torch.autocast(**(autocast or {"device_type": "cpu", "enabled": False})):
+            pred = model(gray[None].to(device), mask[None].to(device)).float()[0].cpu()
+        rows.append(((gray[0].numpy() * 255).round().astype(np.uint8), to_uint8_restored(pred, gray, mask),
+                     to_uint8_rgb(rgb)))
+    return rows
+
+
 def _spread(items: list, n: int) -> list:
     """n items spread evenly over the list (the validation set is ordered by cluster-free name, so this shows
     images from across it rather than the first few)."""

@@ -27,7 +27,7 @@ from imgrestore.models import create_model, is_trainable
 from imgrestore.models.color import rgb_to_chroma, rgb_to_luma
 from imgrestore.training.checkpoint import TRIAL_CONFIG, load_model, load_train_state, save_model, save_train_state
 from imgrestore.training.data import EpochConcat, PhotoCrops, RestorationDataset, extra_photo_sources
-from imgrestore.training.evaluate import evaluate
+from imgrestore.training.evaluate import evaluate, sample_grid
 from imgrestore.training.samples import restoration_grid
 
 DEFAULTS = {
@@ -124,6 +124,37 @@ def lr_lambda(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
     return f
 
 
+def train_step(net, gray, mask, rgb, cfg: dict, loss_fn, optimizer, scaler, scheduler, autocast: dict,
+               bins=None, class_weights=None, where: str = ""):
+    """One optimisation step on a batch already on the device; returns (loss, its detached parts).
+
+    The loss: the configured losses on the RGB output, the auxiliary L1 of the luma inside the hole, and for
+    chroma classes their rebalanced cross-entropy. A non-finite loss fails now rather than after hours of NaN.
+    (The GPU benchmark in imgrestore.gpu_bench times exactly this function.)
+    """
+    with torch.autocast(**autocast):
+        out = net(gray, mask, return_aux=True)
+    loss, parts = loss_fn(out["rgb"].float(), rgb, mask)
+    if cfg["aux_gray_weight"]:
+        aux = masked_l1_loss(out["y"].float(), rgb_to_luma(rgb), mask)
+        loss, parts = loss + cfg["aux_gray_weight"] * aux, {**parts, "aux_gray": aux.detach()}
+    if out.get("chroma_logits") is not None and cfg["chroma_class_weight"]:
+        ce = chroma_class_loss(out["chroma_logits"], rgb, bins, class_weights)
+        loss, parts = loss + cfg["chroma_class_weight"] * ce, {**parts, "chroma_class": ce.detach()}
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the training loss became {loss.item()} {where} "
+                                 f"({', '.join(f'{k} {float(v):.4g}' for k, v in parts.items())})")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()  # bf16 needs no scaling: the scaler is disabled unless fp16
+    if cfg["grad_clip"]:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss, parts
+
+
 def chroma_class_weights(dataset: RestorationDataset, bins, mix: float, max_images: int = 256) -> torch.Tensor:
     """Class rebalancing weights from the chroma of up to `max_images` training truths (quarter resolution)."""
     counts = torch.zeros(bins.n)
@@ -202,6 +233,10 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
         optimizer.load_state_dict(state["optimizer"]), scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, state["extra"].get("best_score", -math.inf)
 
+    before = None  # the "before" picture: the untrained model on the grid's validation images (MLflow step 0)
+    if start_epoch == 0 and trainable and int(cfg["n_samples_grid"]):
+        before = sample_grid(model, val_ds, device, int(cfg["max_val_images"]), int(cfg["n_samples_grid"]),
+                             autocast)  # the same images as every epoch's grid
     metrics = {}
     for epoch in range(start_epoch, epochs):
         net.train()
@@ -216,26 +251,8 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
         for gray, mask, rgb in (loader if trainable else ()):
             gray = gray.to(device, non_blocking=True)
             mask, rgb = mask.to(device, non_blocking=True), rgb.to(device, non_blocking=True)
-            with torch.autocast(**autocast):
-                out = net(gray, mask, return_aux=True)
-            loss, parts = loss_fn(out["rgb"].float(), rgb, mask)
-            if cfg["aux_gray_weight"]:
-                aux = masked_l1_loss(out["y"].float(), rgb_to_luma(rgb), mask)
-                loss, parts = loss + cfg["aux_gray_weight"] * aux, {**parts, "aux_gray": aux.detach()}
-            if out.get("chroma_logits") is not None and cfg["chroma_class_weight"]:
-                ce = chroma_class_loss(out["chroma_logits"], rgb, bins, class_weights)
-                loss, parts = loss + cfg["chroma_class_weight"] * ce, {**parts, "chroma_class": ce.detach()}
-            if not torch.isfinite(loss):  # fail the trial now, not after hours of NaN epochs
-                raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1} "
-                                         f"({', '.join(f'{k} {float(v):.4g}' for k, v in parts.items())})")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg["grad_clip"]:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            loss, parts = train_step(net, gray, mask, rgb, cfg, loss_fn, optimizer, scaler, scheduler, autocast,
+                                     bins, class_weights, where=f"epoch {epoch + 1}")
             seen += gray.shape[0]
             loss_sum += loss.item() * gray.shape[0]
             for k, v in parts.items():
@@ -257,5 +274,7 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
             save_train_state(d, epoch, optimizer, scheduler, {"best_score": best})
             if grid_rows:
                 restoration_grid(grid_rows, Path(d) / "val_samples.png")
+            if before and epoch == 0:
+                restoration_grid(before, Path(d) / "val_samples_untrained.png")
             report(metrics, d)
     return metrics
