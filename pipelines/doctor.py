@@ -190,35 +190,21 @@ def check_mlflow(out: dict, uri: str) -> None:
 def check_weights(out: dict) -> None:
     out["transformers"] = _version("transformers") or f"{NOT_INSTALLED} (the CLIP embedder needs it; " \
                                                       "effnet-lite0 does not)"
-    cached = None
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from imgrestore.embedding.hub import cached_weights, hub_reachable
 
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            path = try_to_load_from_cache(STREETCLIP, name)
-            if isinstance(path, str):
-                cached = path
-                break
-        where = "the Hugging Face cache"
-    except ImportError:
-        home = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
-        snaps = Path(home).expanduser() / f"models--{STREETCLIP.replace('/', '--')}" / "snapshots"
-        hits = [p for p in snaps.glob("*/*") if p.name in ("model.safetensors", "pytorch_model.bin")]
-        cached, where = (str(hits[0]) if hits else None), str(snaps)
+    cached, where = cached_weights(STREETCLIP)
     if cached:
         out["StreetCLIP weights"] = f"in the cache: {cached} ({Path(cached).stat().st_size / 2**30:.2f} GiB)"
     else:
         out["StreetCLIP weights"] = f"{STREETCLIP} not in {where}"
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        out["Hugging Face hub"] = "not checked: HF_HUB_OFFLINE is set"
-        return
-    url = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')}/api/models/{STREETCLIP}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=3) as r:
-            out["Hugging Face hub"] = f"reachable ({url}: {r.status}): the weights can be downloaded"
-    except Exception as e:
-        out["Hugging Face hub"] = f"NOT reachable ({_one_line(e)})" + ("" if cached else
-                                                                       ": use --embedder effnet-lite0 or a local folder")
+    ok, how = hub_reachable(STREETCLIP)
+    if ok is None:
+        out["Hugging Face hub"] = how
+    elif ok:
+        out["Hugging Face hub"] = f"reachable ({how}): the weights can be downloaded"
+    else:
+        out["Hugging Face hub"] = f"NOT reachable ({how})" + ("" if cached else
+                                                              ": use --embedder effnet-lite0 or a local folder")
 
 
 def node_report(ray_address: str, tracking_uri: str) -> dict:

@@ -17,7 +17,6 @@ it is killed (two of Ray's agent processes take up to a minute to notice).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -139,7 +138,7 @@ def start_ray(address: str | None) -> None:
 def check_embedder_weights(embedder: str, data_dir, preprocess_out=None) -> None:
     """Fail in seconds, not after a minute of hub retries, when preprocess has to embed with the default
     CLIP model but its weights are neither in the Hugging Face cache nor downloadable (the hub is asked with
-    a 3 s timeout). The check is pipelines/doctor.py's: run that for the whole picture."""
+    a 3 s timeout; imgrestore.embedding.hub, which pipelines/doctor.py reports too)."""
     from imgrestore.embedding.embedders import DEFAULT_CLIP, normalize_spec
     from imgrestore.preprocess import preprocess_params, stale_reason
 
@@ -147,19 +146,17 @@ def check_embedder_weights(embedder: str, data_dir, preprocess_out=None) -> None
         return  # effnet-lite0 needs no network; another CLIP model or folder is the user's explicit choice
     if stale_reason(data_dir, preprocess_params(embedder=embedder), preprocess_out or data_dir) is None:
         return  # preprocess outputs up to date: nothing will be embedded
-    doctor_path = ROOT / "pipelines" / "doctor.py"  # loaded by path: tune.py is also imported by path
-    spec = importlib.util.spec_from_file_location("imgrestore_doctor", doctor_path)
-    doctor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(doctor)
-    report = {}
-    doctor.check_weights(report)
-    cached, hub = report["StreetCLIP weights"], report["Hugging Face hub"]
-    if cached.startswith("in the cache") or hub.startswith("reachable"):
+    from imgrestore.embedding.hub import cached_weights, hub_reachable
+
+    cached, where = cached_weights(DEFAULT_CLIP)
+    if cached:
         return
-    hub = hub.split(": use ")[0]  # doctor's own advice; the full advice follows
-    raise ValueError(f"the default embedder clip:{DEFAULT_CLIP} cannot be loaded: {cached}, and the Hugging Face "
-                     f"hub is {hub}. Use --embedder effnet-lite0 (offline: its weights come with the project), "
-                     "or --embedder clip:/path/to/a/model/saved/with/save_pretrained")
+    ok, how = hub_reachable(DEFAULT_CLIP)
+    if ok:
+        return
+    raise ValueError(f"the default embedder clip:{DEFAULT_CLIP} cannot be loaded: not in {where}, and the Hugging "
+                     f"Face hub is NOT reachable ({how}). Use --embedder effnet-lite0 (offline: its weights come "
+                     "with the project), or --embedder clip:/path/to/a/model/saved/with/save_pretrained")
 
 
 def _resume_args(args, experiment_dir) -> list[str]:
