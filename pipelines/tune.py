@@ -23,7 +23,26 @@ import sys
 import tempfile
 from pathlib import Path
 
+import ray
+from mlflow.tracking import MlflowClient
+
+from imgrestore.data.dacon import load_dataset
+from imgrestore.data.embedded import embedded_dataset
 from imgrestore.data.io import ImageReadError
+from imgrestore.embedding.embedders import DEFAULT_CLIP, normalize_spec
+from imgrestore.embedding.hub import cached_weights, hub_reachable
+from imgrestore.models import create_model
+from imgrestore.preprocess import preprocess_params, run_preprocess, stale_reason
+from imgrestore.submission.predict import check_out, submission_comment, write_submission
+from imgrestore.tracking import setup_tracking
+from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
+from imgrestore.tracking.tune_callback import TRIAL_TAG
+from imgrestore.training.checkpoint import save_model
+from imgrestore.tuning.baselines import pick_champion, validation_config
+from imgrestore.tuning.polish import polish_prefill
+from imgrestore.tuning.search import SearchInterrupted, best_checkpoint, latest_experiment, run_search
+from imgrestore.tuning.space import check_space, load_space
+from imgrestore.tuning.summary import SCORE_KEYS, champion_text, summary_text, trials_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,10 +57,11 @@ def positive_int(text: str) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="DACON dataset folder (default: the embedded dataset of bundled photos)")
-    p.add_argument("--space", default=str(ROOT / "search_spaces" / "demo.yaml"), help="search space YAML")
+    p.add_argument("--space", help="search space YAML (default: search_spaces/demo.yaml, the CPU demo at 128 px)")
     p.add_argument("--storage", default="runs", help="Tune storage path (local folder, or s3://... on a cluster)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
-    p.add_argument("--resume", help="experiment folder to resume, or 'latest'")
+    p.add_argument("--resume", help="experiment folder to resume, or 'latest'. Resuming unpickles the folder's "
+                   "tuner.pkl (Ray Tune's format): resume only experiments you (or people you trust) wrote")
     p.add_argument("--out", default="submission.zip", help="where to write the submission zip")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out even if it is not a submission zip written by imgrestore")
@@ -49,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--embedder", default=None, help="preprocess embedder (default: clip:geolocal/StreetCLIP "
                    "for --data, effnet-lite0 for the embedded dataset)")
     p.add_argument("--preprocess-out", help="where preprocess writes its CSVs (default: the data folder)")
+    p.add_argument("--cluster-backend", choices=("auto", "cuml", "cpu"), default="auto",
+                   help="UMAP + HDBSCAN on RAPIDS cuML (a GPU node) or the CPU; auto: cuML where a GPU is")
     p.add_argument("--ray-address", help="connect to a running Ray cluster (default: start a local one)")
     p.add_argument("--num-samples", type=positive_int, help="override the space's num_samples")
     p.add_argument("--seed", type=int, default=0)
@@ -68,18 +90,13 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from mlflow.tracking import MlflowClient
-
-    from imgrestore.data.dacon import load_dataset
-    from imgrestore.data.embedded import embedded_dataset
-    from imgrestore.preprocess import run_preprocess
-    from imgrestore.submission.predict import check_out
-    from imgrestore.tracking import setup_tracking
-    from imgrestore.tuning.search import SearchInterrupted, latest_experiment, run_search
-    from imgrestore.tuning.space import check_space, load_space
-    from imgrestore.tuning.summary import trials_table
-
     # Everything a trial would trip on is checked here, before Ray or preprocess start.
+    if args.space is None:
+        args.space = str(ROOT / "search_spaces" / "demo.yaml")
+        if args.data:  # say it: demo.yaml trains and validates at 128 px whatever the data's size
+            print("no --space given: using search_spaces/demo.yaml (CPU-sized; trains and validates at 128 px, "
+                  "the submission restores at full size). For the DACON data on GPUs: --space "
+                  "search_spaces/dacon.yaml (512 px); on a CPU: --space search_spaces/cpu.yaml (256 px)")
     space = load_space(args.space)
     if args.num_samples:
         space.num_samples = args.num_samples
@@ -98,7 +115,8 @@ def run(args) -> int:
     start_ray(args.ray_address)
 
     # 1. preprocess: embeddings -> scene clusters -> leakage-free folds (skipped when up to date)
-    pre = run_preprocess(data_dir, args.preprocess_out, embedder=embedder, tracking_uri=tracking_uri)
+    pre = run_preprocess(data_dir, args.preprocess_out, embedder=embedder, backend=args.cluster_backend,
+                         tracking_uri=tracking_uri)
     print(f"preprocess: {'up to date, reused' if pre.reused else 'done'} ({pre.embedder}, {pre.backend}): "
           f"{pre.summary.get('n_clusters')} clusters, noise {pre.summary.get('noise_share', 0):.0%}; "
           f"validation fold 0: {(pre.summary.get('fold_sizes') or ['?'])[0]} images from "
@@ -130,8 +148,6 @@ def start_ray(address: str | None) -> None:
     leaves nothing behind; only its dashboard and runtime-env agents linger, up to a minute, before they exit
     (tests/test_tune_cli.py checks it). Should any be left (`ps -ef | grep ray::`), `ray stop` ends them, but
     also every other Ray on this machine, another search's included."""
-    import ray
-
     ray.init(address=address, ignore_reinit_error=True)
 
 
@@ -139,15 +155,10 @@ def check_embedder_weights(embedder: str, data_dir, preprocess_out=None) -> None
     """Fail in seconds, not after a minute of hub retries, when preprocess has to embed with the default
     CLIP model but its weights are neither in the Hugging Face cache nor downloadable (the hub is asked with
     a 3 s timeout; imgrestore.embedding.hub, which pipelines/doctor.py reports too)."""
-    from imgrestore.embedding.embedders import DEFAULT_CLIP, normalize_spec
-    from imgrestore.preprocess import preprocess_params, stale_reason
-
     if normalize_spec(embedder) != f"clip:{DEFAULT_CLIP}":
         return  # effnet-lite0 needs no network; another CLIP model or folder is the user's explicit choice
     if stale_reason(data_dir, preprocess_params(embedder=embedder), preprocess_out or data_dir) is None:
         return  # preprocess outputs up to date: nothing will be embedded
-    from imgrestore.embedding.hub import cached_weights, hub_reachable
-
     cached, where = cached_weights(DEFAULT_CLIP)
     if cached:
         return
@@ -161,25 +172,16 @@ def check_embedder_weights(embedder: str, data_dir, preprocess_out=None) -> None
 
 def _resume_args(args, experiment_dir) -> list[str]:
     out = ["--resume", str(experiment_dir), "--space", args.space]
-    for flag in ("data", "storage", "tracking_uri", "out", "model_name", "embedder", "preprocess_out"):
+    defaults = {"storage": "runs", "out": "submission.zip", "cluster_backend": "auto"}
+    for flag in ("data", "storage", "tracking_uri", "out", "model_name", "embedder", "preprocess_out",
+                 "cluster_backend"):
         value = getattr(args, flag)
-        if value is not None and not (flag == "storage" and value == "runs") and not (flag == "out" and
-                                                                                      value == "submission.zip"):
+        if value is not None and value != defaults.get(flag):
             out += [f"--{flag.replace('_', '-')}", str(value)]
     return out + (["--overwrite"] if args.overwrite else [])
 
 
 def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> int:
-    from imgrestore.models import create_model
-    from imgrestore.submission.predict import submission_comment, write_submission
-    from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
-    from imgrestore.tracking.tune_callback import TRIAL_TAG
-    from imgrestore.training.checkpoint import save_model
-    from imgrestore.tuning.baselines import pick_champion, validation_config
-    from imgrestore.tuning.polish import polish_prefill
-    from imgrestore.tuning.search import best_checkpoint
-    from imgrestore.tuning.summary import SCORE_KEYS, champion_text, summary_text
-
     # 3. champion: the best checkpoint of the best trial (its inference prefill chosen on validation), unless a
     #    classical restorer beats it on the same validation images
     try:

@@ -302,7 +302,8 @@ def test_search_survives_losing_a_worker_node(full_cluster, work, monkeypatch, c
     assert parent.info.status == "FINISHED"
     kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
-    assert client.get_model_version_by_alias("imgrestore-tiny", "champion").run_id == parent.info.run_id
+    champion_run = client.get_model_version_by_alias("imgrestore-tiny", "champion").run_id
+    assert champion_run in {parent.info.run_id} | {k.info.run_id for k in kids}  # a classical one, or a trial's
 
 
 def _running_trial_with_saved_checkpoint(storage: Path) -> str | None:
@@ -383,4 +384,5 @@ def test_killed_driver_resumes_without_losing_or_duplicating_runs(full_cluster, 
         assert set(steps) == set(range(1, epochs + 1))
         if kid.data.tags["ray_trial_id"] == victim:
             assert steps.count(1) == 1, "the killed trial continued from its checkpoint, not from scratch"
-    assert client.get_model_version_by_alias("imgrestore-tiny", "champion").run_id == parent_id
+    champion_run = client.get_model_version_by_alias("imgrestore-tiny", "champion").run_id
+    assert champion_run in {parent_id} | {k.info.run_id for k in kids}  # a classical restorer's, or a trial's

@@ -76,3 +76,21 @@ def test_no_score_names_the_first_trial_error():
     assert trace in text and "second" not in text
     with pytest.raises(RuntimeError, match=r"no trial reported 'score' \(1 trial\(s\), none failed\)"):
         best_checkpoint(_Grid([_Result()]), "score", "max")
+
+
+def test_resume_with_another_split_is_an_error(tmp_path):
+    """The split the trials were validated on is fingerprinted with the experiment; a resume after preprocess
+    re-ran on changed data stops before any trial runs."""
+    import json
+
+    from imgrestore.tracking import setup_tracking
+    from imgrestore.tuning.space import SearchSpace
+
+    exp = restorable(tmp_path / "runs", "demo-20240101-120000-aaaaaa")
+    (exp / search.PARENT_FILE).write_text(json.dumps({"run_id": "x", "experiment_id": "0", "split_sha256": "0" * 64}))
+    split = tmp_path / "train_preproc_1.csv"
+    split.write_text("img_id,fold\nTRAIN_00000,0\n")
+    space = SearchSpace(name="demo", config={"preproc_csv": str(split)})
+    uri = setup_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(ValueError, match="another train/validation split"):
+        search.run_search(space, tmp_path, tmp_path / "runs", uri, resume=exp)

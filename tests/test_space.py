@@ -7,19 +7,36 @@ import pytest
 from ray.tune.search.sample import Categorical, Float
 
 from imgrestore.models import is_model
-from imgrestore.tuning.space import load_space
+from imgrestore.tuning.space import check_space, load_space
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
-@pytest.mark.parametrize("name", ["demo", "dacon"])
-def test_shipped_spaces_load(name):
+@pytest.mark.parametrize("name", ["demo", "cpu", "dacon"])
+def test_shipped_spaces_load_and_pass_the_driver_checks(name):
     space = load_space(SPACES / f"{name}.yaml")
     ps = space.param_space()
-    assert isinstance(ps["model"]["name"], Categorical)
-    assert all(is_model(m) for m in ps["model"]["name"].categories)
+    names = ps["model"]["name"]
+    assert all(is_model(m) for m in (names.categories if isinstance(names, Categorical) else [names]))
     assert isinstance(ps["lr"], Float)
     assert space.metric == "score" and space.mode == "max"
+    check_space(space)  # every model/loss/setting combination a trial could draw builds
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"model": {"name": "no_such_model"}}, "unknown model 'no_such_model'"),
+    ({"model": {"name": {"choice": ["unet", "nope"]}}}, "unknown model 'nope'"),
+    ({"epochs": -1}, "epochs must be >= 1"),
+    ({"loss": {"l2": 1.0}}, "unknown loss 'l2'"),
+    ({"amp": "fp8"}, "amp must be one of"),
+    ({"image_size": {"choice": [128, 256]}}, "image_size is searched"),
+    ({"model": {"name": "unet", "norm": "nope"}}, "norm must be one of"),
+])
+def test_space_errors_are_caught_on_the_driver(edit, message):
+    space = load_space(SPACES / "demo.yaml")
+    space.config = {**space.config, **edit}
+    with pytest.raises(ValueError, match=message):
+        check_space(space)
 
 
 def test_sample_is_plain_data(tmp_path):

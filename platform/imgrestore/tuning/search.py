@@ -10,6 +10,7 @@ on a multi-node cluster it must be storage every node can reach (Ray syncs nothi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -198,13 +199,22 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
     storage_path = storage_location(storage_path)
     experiment_id = get_or_create_experiment(space.name, tracking_uri)
     client = MlflowClient(tracking_uri)
-    trainable = _trainable(space, storage_path, _split_text(space, data_dir))
+    split_text = _split_text(space, data_dir)
+    split_digest = hashlib.sha256(split_text.encode()).hexdigest()
+    trainable = _trainable(space, storage_path, split_text)
 
     if resume:
         exp_dir = storage_location(resume)
         if not tune.Tuner.can_restore(exp_dir):
             raise FileNotFoundError(f"{exp_dir}: no Tune experiment to resume there")
-        parent_run_id = json.loads(_read_text(_join(exp_dir, PARENT_FILE)))["run_id"]
+        parent = json.loads(_read_text(_join(exp_dir, PARENT_FILE)))
+        parent_run_id = parent["run_id"]
+        if parent.get("split_sha256", split_digest) != split_digest:
+            # preprocess re-ran on changed data: trials already run were validated on another split
+            raise ValueError(f"{exp_dir}: this search was started on another train/validation split than "
+                             f"{space.config.get('preproc_csv') or data_dir / 'train_preproc_1.csv'} holds now "
+                             "(the dataset or the preprocess settings changed); resuming would mix the two. Start "
+                             "a new search, or restore the split the search was started with")
         client.update_run(parent_run_id, status="RUNNING")
         try:
             baselines = pd.read_csv(io.StringIO(_read_text(_join(exp_dir, BASELINES_FILE))))
@@ -215,7 +225,8 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
         name, exp_dir = _create_experiment_dir(storage_path, space.name)
         parent = client.create_run(experiment_id, run_name=name, tags={"imgrestore.stage": "tune"})
         parent_run_id = parent.info.run_id
-        _write_text(_join(exp_dir, PARENT_FILE), json.dumps({"run_id": parent_run_id, "experiment_id": experiment_id}))
+        _write_text(_join(exp_dir, PARENT_FILE), json.dumps({"run_id": parent_run_id, "experiment_id": experiment_id,
+                                                             "split_sha256": split_digest}))
         for key, value in {"space": space.name, "data_dir": str(data_dir), "num_samples": space.num_samples,
                            "search": json.dumps(space.search), "scheduler": json.dumps(space.scheduler),
                            "resources": json.dumps(space.resources), "experiment_dir": str(exp_dir)}.items():
