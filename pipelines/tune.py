@@ -6,8 +6,9 @@
 
 Every search also scores the classical restorers (input copy, OpenCV Telea / Navier-Stokes, FSR) on the
 trials' validation images; the champion is the best trial unless one of them scores higher, and the summary
-states its margin. Bad input: `error: <message>` on stderr, exit status 2. Ctrl-C: exit status 130, nothing
-registered or written, and the command that resumes the search.
+states its margin. Bad input: `error: <message>` on stderr, exit status 2. Ctrl-C during the search: exit
+status 130, nothing registered or written, and the command that resumes the search (after the search: 130,
+no zip written, and what may already be registered).
 
 An existing --out is replaced only if it is a submission zip imgrestore wrote (the replacement names the run
 that wrote it); any other file there is an error before any work, unless --overwrite is given.
@@ -18,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 
 from imgrestore.data.dacon import load_dataset
@@ -38,9 +39,9 @@ from imgrestore.tracking import setup_tracking
 from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
 from imgrestore.tracking.tune_callback import TRIAL_TAG
 from imgrestore.training.checkpoint import save_model
-from imgrestore.tuning.baselines import pick_champion, validation_config
-from imgrestore.tuning.polish import polish_prefill
-from imgrestore.tuning.search import SearchInterrupted, best_checkpoint, latest_experiment, run_search
+from imgrestore.tuning.baselines import validation_config
+from imgrestore.tuning.polish import select_champion
+from imgrestore.tuning.search import SearchInterrupted, latest_experiment, run_search
 from imgrestore.tuning.space import check_space, load_space
 from imgrestore.tuning.summary import SCORE_KEYS, champion_text, summary_text, trials_table
 
@@ -136,6 +137,13 @@ def run(args) -> int:
     client = MlflowClient(tracking_uri)
     try:
         return finish(args, space, outcome, dataset, client, tracking_uri, pre.paths["train_csv"])
+    except KeyboardInterrupt:  # after the search: the champion may be registered already, the zip is not written
+        client.set_terminated(outcome.parent_run_id, "KILLED")
+        print("\ninterrupted after the search, while choosing or registering the champion or writing the "
+              f"submission: {args.out} was not written (only a complete, checked zip is); a model version may "
+              "already be registered (see MLflow). The search itself is complete: rerun with --resume "
+              f"{outcome.experiment_dir} to choose the champion and write the submission again", file=sys.stderr)
+        return 130
     except BaseException:
         client.set_terminated(outcome.parent_run_id, "FAILED")
         raise
@@ -174,7 +182,7 @@ def _resume_args(args, experiment_dir) -> list[str]:
     out = ["--resume", str(experiment_dir), "--space", args.space]
     defaults = {"storage": "runs", "out": "submission.zip", "cluster_backend": "auto"}
     for flag in ("data", "storage", "tracking_uri", "out", "model_name", "embedder", "preprocess_out",
-                 "cluster_backend"):
+                 "cluster_backend", "ray_address"):
         value = getattr(args, flag)
         if value is not None and value != defaults.get(flag):
             out += [f"--{flag.replace('_', '-')}", str(value)]
@@ -184,29 +192,23 @@ def _resume_args(args, experiment_dir) -> list[str]:
 def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> int:
     # 3. champion: the best checkpoint of the best trial (its inference prefill chosen on validation), unless a
     #    classical restorer beats it on the same validation images
-    try:
-        best, checkpoint, best_epoch = best_checkpoint(outcome.results, space.metric, space.mode)
-        trial_id = best_epoch.get("trial_id")
-    except RuntimeError as e:  # no trial reported or left a checkpoint: say why, fall back to the classical
-        print(f"warning: {e}", file=sys.stderr)
-        best, checkpoint, best_epoch, trial_id = None, None, {}, None
     val = validation_config(space.config)
     fingerprint = validation_fingerprint(Path(split_csv).read_text(), val["val_fold"], val["image_size"],
                                          val["max_val_images"])
     name = args.model_name or f"imgrestore-{space.name}"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="imgrestore-champion-") as tmp:
-        polished = None
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                shutil.copytree(d, Path(tmp) / "trial")
-            polished = polish_prefill(Path(tmp) / "trial", Path(tmp) / "polished")
+        sel = select_champion(outcome, space, split_csv, tmp, device)
+        choice, best, best_epoch, polished = sel.choice, sel.best, sel.best_epoch, sel.polished
+        if sel.error:
+            print(f"warning: {sel.error}", file=sys.stderr)
+        if polished:
             print("inference prefill on validation: " + ", ".join(f"{k} {v:.4f}" for k, v in polished.scores.items())
                   + f" -> {polished.prefill}")
-        choice = pick_champion(polished.score if polished else None, trial_id, outcome.baselines)
         if choice.kind == "trial":
-            run_id = _trial_run(client, outcome, trial_id, TRIAL_TAG) or outcome.parent_run_id
-            ckpt_dir = polished.checkpoint
-            what = (f"{best.config['model']['name']} from trial {trial_id}, epoch {best_epoch.get('epoch')}, "
+            run_id = _trial_run(client, outcome, choice.name, TRIAL_TAG) or outcome.parent_run_id
+            ckpt_dir = sel.checkpoint
+            what = (f"{best.config['model']['name']} from trial {choice.name}, epoch {best_epoch.get('epoch')}, "
                     f"prefill {polished.prefill}; margin over the best classical restorer "
                     f"({choice.best_classical}): {choice.margin:+.4f}")
         else:
@@ -220,8 +222,8 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
                                                                     "kind": choice.kind, "source": choice.name})
 
     # 4. submission from the registered champion, checked, logged
-    model = load_restorer(model_uri, tracking_uri)
-    zip_path = write_submission(model, dataset.test, args.out,
+    model = load_restorer(model_uri, tracking_uri, device)
+    zip_path = write_submission(model, dataset.test, args.out, device=device,
                                 comment=submission_comment(f"tune.py, MLflow run {outcome.parent_run_id}"))
     client.log_artifact(outcome.parent_run_id, str(zip_path))
     best_metrics = {f"best_{k}": float(best_epoch[k]) for k in SCORE_KEYS if k in best_epoch}

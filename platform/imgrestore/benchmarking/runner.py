@@ -159,31 +159,23 @@ def search(cfg: BenchConfig, space, data_dir: Path):
     return outcome, info
 
 
-def champion(cfg: BenchConfig, space, outcome) -> dict:
-    """Exactly pipelines/tune.py's choice: the best trial's best checkpoint, its inference prefill chosen on
-    validation (polish_prefill), unless a classical restorer scores higher on the same validation images."""
+def champion(cfg: BenchConfig, space, outcome, split_csv) -> dict:
+    """Exactly pipelines/tune.py's choice (imgrestore.tuning.polish.select_champion)."""
     from imgrestore.training.checkpoint import load_model
-    from imgrestore.tuning.baselines import pick_champion
-    from imgrestore.tuning.polish import polish_prefill
-    from imgrestore.tuning.search import best_checkpoint
+    from imgrestore.tuning.polish import select_champion
 
     out = cfg.work / "champion"
     shutil.rmtree(out, ignore_errors=True)
-    try:
-        best, checkpoint, row = best_checkpoint(outcome.results, space.metric, space.mode)
-    except RuntimeError as e:  # no trial reported: the classical restorers are all there is, as in tune.py
-        print(f"[benchmark] warning: {e}", flush=True)
-        return {"choice": pick_champion(None, None, outcome.baselines), "trial": None, "error": str(e),
-                "baselines": outcome.baselines}
-    with checkpoint.as_directory() as d:
-        shutil.copytree(d, out / "trial")
-    polished = polish_prefill(out / "trial", out / "polished")
-    trial = {"id": row.get("trial_id"), "epoch": int(row["epoch"]), "config": best.config,
+    sel = select_champion(outcome, space, split_csv, out)
+    if sel.error:
+        print(f"[benchmark] warning: {sel.error}", flush=True)
+        return {"choice": sel.choice, "trial": None, "error": sel.error, "baselines": outcome.baselines}
+    polished, row = sel.polished, sel.best_epoch
+    trial = {"id": row.get("trial_id"), "epoch": int(row["epoch"]), "config": sel.best.config,
              "dir": str(out / "trial"), "base_prefill": load_model(out / "trial").prefill_method,
              "prefill": polished.prefill, "score": polished.score, "scores": polished.scores,
              "polished_dir": str(polished.checkpoint)}
-    return {"choice": pick_champion(polished.score, trial["id"], outcome.baselines), "trial": trial,
-            "baselines": outcome.baselines}
+    return {"choice": sel.choice, "trial": trial, "baselines": outcome.baselines}
 
 
 def champion_model(champ: dict):
@@ -339,7 +331,8 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         outcome, search_info = stages.run(f"Tune search ({space.num_samples} trials, classical restorers first)",
                                           search, cfg, space, data_dir)
         search_info["changes"] = changes
-        champ = stages.run("champion (polish the prefill, pick vs classical)", champion, cfg, space, outcome)
+        champ = stages.run("champion (polish the prefill, pick vs classical)", champion, cfg, space, outcome,
+                           pre.paths["train_csv"])
         side = stages.run("ablations + seed recipe (1-CPU Ray tasks)", side_runs, cfg, data_dir, pre, champ, space)
         scores, ablations = stages.run("restore + score the test set (every method)", score_all, test, prior,
                                        champ, side, pre, data_dir)

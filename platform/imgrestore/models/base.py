@@ -133,7 +133,7 @@ class Restorer(nn.Module):
     def forward(self, gray: torch.Tensor, mask: torch.Tensor, return_aux: bool = False):
         check_inputs(gray, mask)
         filled = prefill(gray, mask, self.prefill_method, self.prefill_radius)
-        chroma, logits, dy = gray.new_zeros(gray.shape[0], 2, *gray.shape[-2:]), None, None
+        chroma, logits = gray.new_zeros(gray.shape[0], 2, *gray.shape[-2:]), None
         if self.feature_channels:
             full = gray.shape[-2:]
             x = torch.cat([filled, mask], dim=1)
@@ -147,8 +147,10 @@ class Restorer(nn.Module):
             if self.net_size:
                 dy, chroma = (F.interpolate(t, size=full, mode="bilinear", align_corners=False) for t in (dy, chroma))
             filled = clamp01_st(filled + dy)
-        y = gray * (1 - mask) + filled * mask  # the known gray, exactly; the model's luma only inside the hole
-        rgb = self.compose(y, chroma, mask)
+        y = gray * (1 - mask) + filled.float() * mask  # the known gray, exactly; the model's luma inside the hole
+        chroma = chroma.float()
+        with torch.autocast(gray.device.type, enabled=False):  # colour maths in fp32: bf16 would move the luma
+            rgb = self.compose(y.float(), chroma, mask)
         if return_aux:
             return {"rgb": rgb, "y": y, "chroma": chroma, "chroma_logits": logits}
         return rgb

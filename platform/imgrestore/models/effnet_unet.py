@@ -33,9 +33,12 @@ separate 3x3 stride-2 convolution (``mask_stem``) whose output is *added* to
 the stem convolution's output before its BatchNorm. That is the same as
 concatenating the mask as a 4th input channel, but it is zero-initialised, so
 at initialisation the encoder computes exactly the pretrained features, and
-the checkpoint's ``_conv_stem.weight`` keeps its shape. The decoder's last
-(full-resolution) stage also gets gray and mask as a skip connection, since
-the encoder's first feature map is already at stride 2.
+the checkpoint's ``_conv_stem.weight`` keeps its shape. With
+``freeze_encoder=True`` there is no mask stem: the encoder is the ImageNet
+network as it is, run without autograd (the hole is already filled by the
+prefill), and the mask reaches the network only through the decoder. The
+decoder's last (full-resolution) stage gets gray and mask as a skip
+connection, since the encoder's first feature map is already at stride 2.
 
 Skip features: strides 2/4/8/16/32 = outputs of blocks 0/2/4/10/15
 (16/24/40/112/320 channels). ``depth`` (1..5) is how many of these stages

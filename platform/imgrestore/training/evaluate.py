@@ -38,8 +38,11 @@ def evaluate(model, dataset, device, limit: int, n_grid: int, calibrate: bool = 
     """Score up to `limit` validation images; returns (metrics, grid rows).
 
     Learned models (``Restorer`` with chroma): the gain is chosen on the first `calibration_images` from
-    GAIN_GRID (when `calibrate`), set on the model, and every image is scored at it; metrics then also hold
-    ``chroma_gain`` and ``score_gray`` (the score at gain 0: what the model's colour adds is the difference).
+    GAIN_GRID, then the hole factor from HOLE_GRID (when `calibrate`), both set on the model, and every image is
+    scored at them; metrics then also hold ``chroma_gain``, ``hole_chroma`` and ``score_gray`` (the score
+    without colour: what the model's colour adds is the difference). The calibration images are among the
+    scored ones, so the score is slightly optimistic (two scalars fitted on them); held-out benchmarks measure
+    the gap.
     """
     model.eval()
     outputs = []  # per image: (gray, mask, gt_u8, y, chroma), all on the CPU

@@ -74,6 +74,9 @@ def with_defaults(config: dict) -> dict:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg['amp']!r}")
     if int(cfg["epochs"]) < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg['epochs']}")
+    if cfg["cluster_balanced"] and cfg["extra_photos"] and int(cfg["extra_per_epoch"]) > 0:
+        raise ValueError("cluster_balanced sampling weighs the scene clusters of the pairs; extra_photos have no "
+                         "cluster: use one or the other")
     return cfg
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from imgrestore.metrics import KEYS
+from imgrestore.models.classical import CLASSICAL
 
-CLASSICAL_FAMILIES = ("input_copy", "telea", "navier_stokes", "fsr")
+CLASSICAL_FAMILIES = tuple(CLASSICAL)  # input_copy, telea, navier_stokes, fsr
 # The keys that decide which images validation sees, and at what size: a baseline must share them with the trials.
 VALIDATION_KEYS = ("data_dir", "preproc_csv", "val_fold", "image_size", "max_val_images")
 

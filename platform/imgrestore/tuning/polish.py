@@ -1,22 +1,28 @@
-"""The champion's inference prefill, chosen on validation.
+"""The champion of a finished search: the best trial, its inference prefill chosen on validation, unless a
+classical restorer beats it on the same validation images. One function, for pipelines/tune.py and the
+benchmark alike.
 
-Trials fill the hole with Telea (a few ms an image: it runs at every training step). OpenCV's FSR fills it better
-(docs/benchmarks.md: masked SSIM +0.03 on real photos) but costs ~0.3 s per 256 px image, too slow for training.
-The learned luma residual is small, so the trained model may do better at inference with the FSR fill under it:
-both are scored on the search's validation images and the better one is kept (a measurement, not an
-assumption: the residual was learnt on Telea fills). The chroma gain is calibrated again for each.
+Why the prefill is chosen after the search: trials fill the hole with Telea (a few ms an image: it runs at
+every training step). OpenCV's FSR fills it better (docs/benchmarks.md, "Restoration quality") but costs
+~0.3 s per 256 px image, too slow for training. The learned luma residual is small, so the trained model may
+do better at inference with the FSR fill under it: both are scored on the search's validation images and the
+better one is kept (a measurement, not an assumption: the residual was learnt on Telea fills). The chroma
+gain and hole factor are calibrated again for each.
 """
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgrestore.models import is_trainable
 from imgrestore.training.checkpoint import TRIAL_CONFIG, load_model, save_model
 from imgrestore.training.data import RestorationDataset
 from imgrestore.training.evaluate import evaluate
 from imgrestore.training.loop import read_split, with_defaults
+from imgrestore.tuning.baselines import ChampionChoice, pick_champion
 
 CANDIDATES = ("telea", "fsr")
 
@@ -29,22 +35,56 @@ class Polished:
     scores: dict           # prefill -> validation score
 
 
-def polish_prefill(checkpoint_dir: str | Path, out_dir: str | Path, device: str = "cpu") -> Polished:
-    """Score the checkpoint's model on its trial's validation images with each prefill; keep the best."""
+def polish_prefill(checkpoint_dir: str | Path, out_dir: str | Path, split_csv: str | Path | None = None,
+                   device: str = "cpu") -> Polished:
+    """Score the checkpoint's model on its trial's validation images with each prefill; keep the best.
+
+    split_csv: the split file on this machine (a trial on another node of a cluster saved a node-local copy's
+    path in its config); default: the one in the checkpoint's trial config.
+    """
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     cfg = with_defaults(json.loads((checkpoint_dir / TRIAL_CONFIG).read_text()))
-    _, val_frame = read_split(cfg["data_dir"], cfg["preproc_csv"], int(cfg["val_fold"]))
-    val = RestorationDataset(val_frame, cfg["image_size"])
     base = load_model(checkpoint_dir, device)
+    _, val_frame = read_split(cfg["data_dir"], str(split_csv or cfg["preproc_csv"]), int(cfg["val_fold"]))
+    val = RestorationDataset(val_frame, cfg["image_size"])
+    methods = dict.fromkeys((base.prefill_method, *CANDIDATES)) if is_trainable(base) else [base.prefill_method]
     scores, models = {}, {}
-    for method in dict.fromkeys((base.prefill_method, *CANDIDATES)):
+    for method in methods:
         model = copy.deepcopy(base)
-        model.prefill_method, model.config["prefill"] = method, method
+        if method != base.prefill_method:
+            model.prefill_method, model.config["prefill"] = method, method
         metrics, _ = evaluate(model, val, device, int(cfg["max_val_images"]), 0, calibrate=bool(cfg["calibrate_gain"]))
         scores[method], models[method] = metrics["score"], model
     best = max(scores, key=scores.get)
-    if best == base.prefill_method and base.chroma_gain == models[best].chroma_gain:
+    if models[best].config == base.config:  # nothing changed: the checkpoint as it is
         return Polished(checkpoint_dir, best, scores[best], scores)
     save_model(models[best], out_dir)
     (out_dir / TRIAL_CONFIG).write_text((checkpoint_dir / TRIAL_CONFIG).read_text())
     return Polished(out_dir, best, scores[best], scores)
+
+
+@dataclass
+class Selection:
+    choice: ChampionChoice
+    checkpoint: Path | None     # the trial champion's (polished) checkpoint; None for a classical champion
+    best: object | None         # the best trial's tune.Result
+    best_epoch: dict            # the reported row of its best epoch ({} when no trial reported)
+    polished: Polished | None
+    error: str | None = None    # why no trial could be the champion
+
+
+def select_champion(outcome, space, split_csv, workdir: str | Path, device: str = "cpu") -> Selection:
+    """The champion of a finished search (see the module doc); checkpoints are copied under `workdir`."""
+    from imgrestore.tuning.search import best_checkpoint
+
+    workdir = Path(workdir)
+    try:
+        best, checkpoint, best_epoch = best_checkpoint(outcome.results, space.metric, space.mode)
+    except RuntimeError as e:  # no trial reported or left a checkpoint: the classical restorers are all there is
+        return Selection(pick_champion(None, None, outcome.baselines), None, None, {}, None, str(e))
+    shutil.rmtree(workdir / "trial", ignore_errors=True)
+    with checkpoint.as_directory() as d:
+        shutil.copytree(d, workdir / "trial")
+    polished = polish_prefill(workdir / "trial", workdir / "polished", split_csv, device)
+    choice = pick_champion(polished.score, best_epoch.get("trial_id"), outcome.baselines)
+    return Selection(choice, polished.checkpoint if choice.kind == "trial" else None, best, best_epoch, polished)

@@ -203,67 +203,73 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
     split_digest = hashlib.sha256(split_text.encode()).hexdigest()
     trainable = _trainable(space, storage_path, split_text)
 
-    if resume:
-        exp_dir = storage_location(resume)
-        if not tune.Tuner.can_restore(exp_dir):
-            raise FileNotFoundError(f"{exp_dir}: no Tune experiment to resume there")
-        parent = json.loads(_read_text(_join(exp_dir, PARENT_FILE)))
-        parent_run_id = parent["run_id"]
-        if parent.get("split_sha256", split_digest) != split_digest:
-            # preprocess re-ran on changed data: trials already run were validated on another split
-            raise ValueError(f"{exp_dir}: this search was started on another train/validation split than "
-                             f"{space.config.get('preproc_csv') or data_dir / 'train_preproc_1.csv'} holds now "
-                             "(the dataset or the preprocess settings changed); resuming would mix the two. Start "
-                             "a new search, or restore the split the search was started with")
-        client.update_run(parent_run_id, status="RUNNING")
-        try:
-            baselines = pd.read_csv(io.StringIO(_read_text(_join(exp_dir, BASELINES_FILE))))
-        except (FileNotFoundError, OSError):  # interrupted before they were measured
+    parent_run_id = None
+    try:  # until the Tuner exists, a failure or Ctrl-C closes the parent run (nothing to resume yet: not RUNNING)
+        if resume:
+            exp_dir = storage_location(resume)
+            if not tune.Tuner.can_restore(exp_dir):
+                raise FileNotFoundError(f"{exp_dir}: no Tune experiment to resume there")
+            parent = json.loads(_read_text(_join(exp_dir, PARENT_FILE)))
+            if parent.get("split_sha256", split_digest) != split_digest:
+                # preprocess re-ran on changed data: trials already run were validated on another split
+                raise ValueError(f"{exp_dir}: this search was started on another train/validation split than "
+                                 f"{space.config.get('preproc_csv') or data_dir / 'train_preproc_1.csv'} holds now "
+                                 "(the dataset or the preprocess settings changed); resuming would mix the two. Start "
+                                 "a new search, or restore the split the search was started with")
+            parent_run_id = parent["run_id"]
+            client.update_run(parent_run_id, status="RUNNING")
+            try:
+                baselines = pd.read_csv(io.StringIO(_read_text(_join(exp_dir, BASELINES_FILE))))
+            except (FileNotFoundError, OSError):  # interrupted before they were measured
+                baselines = _baselines(space, data_dir, client, parent_run_id, exp_dir)
+            tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
+        else:
+            name, exp_dir = _create_experiment_dir(storage_path, space.name)
+            parent = client.create_run(experiment_id, run_name=name, tags={"imgrestore.stage": "tune"})
+            parent_run_id = parent.info.run_id
+            _write_text(_join(exp_dir, PARENT_FILE), json.dumps({"run_id": parent_run_id, "experiment_id": experiment_id,
+                                                                 "split_sha256": split_digest}))
+            for key, value in {"space": space.name, "data_dir": str(data_dir), "num_samples": space.num_samples,
+                               "search": json.dumps(space.search), "scheduler": json.dumps(space.scheduler),
+                               "resources": json.dumps(space.resources), "experiment_dir": str(exp_dir)}.items():
+                client.log_param(parent_run_id, key, value)
+            for path in artifacts:
+                if Path(path).is_file():
+                    client.log_artifact(parent_run_id, str(path))
             baselines = _baselines(space, data_dir, client, parent_run_id, exp_dir)
-        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
-    else:
-        name, exp_dir = _create_experiment_dir(storage_path, space.name)
-        parent = client.create_run(experiment_id, run_name=name, tags={"imgrestore.stage": "tune"})
-        parent_run_id = parent.info.run_id
-        _write_text(_join(exp_dir, PARENT_FILE), json.dumps({"run_id": parent_run_id, "experiment_id": experiment_id,
-                                                             "split_sha256": split_digest}))
-        for key, value in {"space": space.name, "data_dir": str(data_dir), "num_samples": space.num_samples,
-                           "search": json.dumps(space.search), "scheduler": json.dumps(space.scheduler),
-                           "resources": json.dumps(space.resources), "experiment_dir": str(exp_dir)}.items():
-            client.log_param(parent_run_id, key, value)
-        for path in artifacts:
-            if Path(path).is_file():
-                client.log_artifact(parent_run_id, str(path))
-        baselines = _baselines(space, data_dir, client, parent_run_id, exp_dir)
-        param_space = {**space.param_space(), "data_dir": str(data_dir)}
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
-                                        max_concurrent_trials=space.max_concurrent_trials,
-                                        search_alg=_search_alg(space, seed), scheduler=_scheduler(space),
-                                        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, verbose=verbose,
-                failure_config=tune.FailureConfig(max_failures=int(space.max_failures)),
-                # Keep each trial's best checkpoint (the champion comes from it); Tune always keeps the latest
-                # too (the one a restart resumes from). num_to_keep=1 also makes Tune save its experiment state
-                # after every checkpoint: with more kept by score, a checkpoint that the saved state names as
-                # a trial's latest could already be deleted when a killed driver is resumed.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
-                                                        checkpoint_score_order=space.mode),
-                callbacks=[MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id, metric=space.metric,
-                                             mode=space.mode), *callbacks],
-            ),
-        )
+            param_space = {**space.param_space(), "data_dir": str(data_dir)}
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
+                                            max_concurrent_trials=space.max_concurrent_trials,
+                                            search_alg=_search_alg(space, seed), scheduler=_scheduler(space),
+                                            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=storage_path, verbose=verbose,
+                    failure_config=tune.FailureConfig(max_failures=int(space.max_failures)),
+                    # Keep each trial's best checkpoint (the champion comes from it); Tune always keeps the latest
+                    # too (the one a restart resumes from). num_to_keep=1 also makes Tune save its experiment state
+                    # after every checkpoint: with more kept by score, a checkpoint that the saved state names as
+                    # a trial's latest could already be deleted when a killed driver is resumed.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
+                                                            checkpoint_score_order=space.mode),
+                    callbacks=[MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id, metric=space.metric,
+                                                 mode=space.mode), *callbacks],
+                ),
+            )
+    except BaseException as e:
+        if parent_run_id:
+            client.set_terminated(parent_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     try:
         with _sigint_watch() as interrupted:
             results = tuner.fit()
     except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped without its last save
         _mark_killed(client, experiment_id, parent_run_id)
         raise SearchInterrupted(_as_outcome_dir(exp_dir)) from None
-    except BaseException:  # a crash: the parent run must not stay RUNNING (resume reopens it)
-        client.set_terminated(parent_run_id, "FAILED")
+    except BaseException:  # a crash: no run may stay RUNNING (resume reopens them)
+        _mark_killed(client, experiment_id, parent_run_id, status="FAILED")
         raise
     if interrupted() or results.num_terminated + results.num_errors < len(results):
         # Tune catches the first Ctrl-C, saves its state and returns normally (Ray 2.60 even marks the stopped
@@ -301,13 +307,13 @@ def _sigint_watch():
         signal.signal(signal.SIGINT, previous)
 
 
-def _mark_killed(client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
-    """The parent run and its trial runs still open: KILLED (a resume reopens the parent)."""
+def _mark_killed(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str = "KILLED") -> None:
+    """The parent run and its trial runs still open: KILLED (or `status`; a resume reopens the parent)."""
     open_trials = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
                                      "attributes.status = 'RUNNING'", max_results=50000)
     for run in open_trials:
-        client.set_terminated(run.info.run_id, "KILLED")
-    client.set_terminated(parent_run_id, "KILLED")
+        client.set_terminated(run.info.run_id, status)
+    client.set_terminated(parent_run_id, status)
 
 
 def _baselines(space: SearchSpace, data_dir: Path, client: MlflowClient, parent_run_id: str,

@@ -6,7 +6,7 @@
     max_concurrent_trials: 2
     search: {algorithm: optuna}   # optuna | random
     scheduler: {name: asha, grace_period: 2, reduction_factor: 2}   # asha | fifo
-    resources: {cpu: 1, gpu: 0}   # per trial; gpu > 1 runs the trial as a Ray Train TorchTrainer
+    resources: {cpu: 1, gpu: 0}   # per trial; workers: N > 1 runs it as a Ray Train TorchTrainer (DDP)
     max_failures: 2               # a crashed trial restarts from its last checkpoint
     config:                       # the trial config (imgrestore.training.loop.DEFAULTS)
       model:

@@ -23,7 +23,8 @@ def summary_text(metrics: dict, config: dict, experiment_dir, tracking_uri) -> s
     """metrics: the reported row of the best trial's best epoch; config: its trial's config."""
     lines = ["", "=" * 72, "Best trial", "=" * 72,
              f"trial            {metrics.get('trial_id')}  (epoch {metrics.get('epoch')})"]
-    lines += [f"{k:<16} {metrics[k]:.4f}" for k in (*SCORE_KEYS, "chroma_gain", "score_gray") if k in metrics]
+    lines += [f"{k:<16} {metrics[k]:.4f}" for k in (*SCORE_KEYS, "chroma_gain", "hole_chroma", "score_gray")
+              if k in metrics]
     lines += ["parameters:"]
     lines += [f"  {k:<28} {v}" for k, v in sorted(flatten(config).items()) if k not in ("data_dir", "preproc_csv")]
     lines += [f"experiment dir   {experiment_dir}",
