@@ -234,9 +234,12 @@ def run_bench(quick: bool) -> list[dict]:
         t = time.perf_counter()
         print(f"measuring {title} ...", flush=True)
         try:
-            rows += fn(quick)
+            got = fn(quick)
         except Exception as e:  # a bench must never take the report down
-            rows.append(gpu_bench.row(title, gpu_bench.missing(e)))
+            got = [gpu_bench.row(title, gpu_bench.missing(e))]
+        rows += got
+        for r in got:  # as they come: a run stopped part-way still shows what it measured
+            print(f"  | {r['name']} | {r['result']} | {r['note']} |", flush=True)
         print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
     return rows
 

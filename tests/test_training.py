@@ -164,6 +164,18 @@ def test_classical_model_is_evaluated_once(tiny_dacon, preproc_csv):
     assert [m["epoch"] for m in seen] == [1] and seen[0]["train_loss"] == 0 and "chroma_gain" not in seen[0]
 
 
+def test_only_rank_zero_validates_under_data_parallel(tiny_dacon, preproc_csv, monkeypatch):
+    """DDP workers other than rank 0 train and report the epoch, but neither validate nor write a checkpoint."""
+    from imgrestore.training import loop
+
+    calls, seen = [], []
+    monkeypatch.setattr(loop, "_main_rank", lambda: False)
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: calls.append(1) or ({"score": 0.0}, []))
+    train(config(tiny_dacon, preproc_csv), lambda m, c: seen.append((m, sorted(p.name for p in Path(c).iterdir()))))
+    assert not calls and [m["epoch"] for m, _ in seen] == [1, 2]
+    assert all("score" not in m and "train_loss" in m and files == [] for m, files in seen)
+
+
 def test_amp_setting_is_checked(tiny_dacon, preproc_csv):
     with pytest.raises(ValueError, match="amp must be one of"):
         train(config(tiny_dacon, preproc_csv, amp="fp8"), lambda m, c: None)

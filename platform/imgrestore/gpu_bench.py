@@ -12,8 +12,8 @@ Libraries are imported inside the functions, so a node with torch alone can run 
     bench_training_throughput   training images/s and peak GPU memory of every search_spaces/dacon.yaml model
                        configuration at 512 px, bf16 (the training autocast) and fp32, flagged over 24 GiB
     bench_data_wait    the share of a training step blocked on the DataLoader (dacon.yaml's 4 workers, pinned)
-    bench_validation_epoch   one epoch's validation as training runs it (training.evaluate, the CPU metric) and
-                       the same work with the torch metric on the device
+    bench_validation_epoch   one epoch's validation as training runs it (training.evaluate: the torch metric on
+                       a GPU) against the CPU metric, and its share of a DACON-sized epoch
     bench_two_trial_search   preprocess + a two-trial Ray Tune search with MLflow on this node, wall time
 The last four use the project's training code on a synthetic 512 px DACON-format set; without --quick they
 measure on a GPU only (--quick: tiny, and on the CPU too, fp32).
@@ -325,7 +325,8 @@ LIMIT_GIB = 24.0  # the question these rows answer: does every dacon.yaml trial 
 DACON_YAML = Path(__file__).resolve().parents[2] / "search_spaces" / "dacon.yaml"
 _DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "quniform", "qloguniform")  # as tuning.space
 QUICK = {"size": 64, "batch_size": 2, "warmup": 1, "steps": 1, "val_images": 2, "search_val_images": 4}
-FULL = {"warmup": 2, "steps": 5, "wait_steps": 20, "search_val_images": 16}
+FULL = {"warmup": 2, "steps": 5, "wait_steps": 20, "search_val_images": 16, "cpu_val_images": 24}
+DACON_TRAIN_PAIRS = 30000  # the competition's training set, roughly: what an epoch costs at 512 px
 _SETS: dict = {}
 
 
@@ -731,88 +732,11 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
     return [row(DATA_WAIT_NAME, "; ".join(parts), note, gpu=gpu)]
 
 
-def lock_luma_torch(rgb_u8, gray_u8, keep):
-    """imgrestore.models.color.lock_luma on tensors, batched, on their device: (B,3,H,W) uint8 RGB whose Pillow
-    gray equals `gray_u8` (B,H,W) wherever `keep` (B,H,W) is true."""
-    import torch
-
-    from imgrestore.models.color import PILLOW_LUMA
-
-    def luma(t):
-        return (t[:, 0] * PILLOW_LUMA[0] + t[:, 1] * PILLOW_LUMA[1] + t[:, 2] * PILLOW_LUMA[2] + 32768) >> 16
-
-    out, target = rgb_u8.long(), gray_u8.long()
-    out = out + torch.where(keep, target - luma(out), torch.zeros_like(target))[:, None]
-    bad = keep & ((out < 0).any(1) | (out > 255).any(1) | (luma(out.clamp(0, 255)) != target))
-    out = torch.where(bad[:, None], target[:, None].expand_as(out), out)
-    return out.clamp(0, 255).to(torch.uint8)
-
-
-def evaluate_torch(model, dataset, device, limit: int, autocast: dict, batch_size: int = 8,
-                   calibration_images: int = 64) -> tuple[dict, dict]:
-    """imgrestore.training.evaluate.evaluate (no sample grid) with the metric of imgrestore.torch_metrics on
-    `device`: the same forward passes, the same gain calibration and scoring, the images composed, quantised
-    and luma-locked in torch. A comparison for the benchmark, not used by training. Returns (metrics, seconds
-    by phase)."""
-    import torch
-
-    from imgrestore.metrics import KEYS
-    from imgrestore.torch_metrics import score_batch_torch
-    from imgrestore.training.evaluate import GAIN_GRID, HOLE_GRID, _batches
-
-    model.eval()
-    t = time.perf_counter()
-    outputs = []  # per batch: gray, mask, truth as uint8, y, chroma, all on the device
-    with torch.no_grad():
-        for gray, mask, rgb in _batches(dataset, limit, batch_size):
-            gray, mask = gray.to(device), mask.to(device)
-            with torch.autocast(**autocast):
-                aux = model(gray, mask, return_aux=True)
-            gt = rgb.to(device).float().clamp(0, 1).mul(255).round().to(torch.uint8)
-            outputs.append((gray, mask, gt, aux["y"].float(), aux["chroma"].float()))
-        _sync()
-        forward_s = time.perf_counter() - t
-
-        def score(items, gain, hole) -> dict:
-            got = []
-            for gray, mask, gt, y, chroma in items:
-                pred = model.compose(y, chroma, mask, gain, hole).float().clamp(0, 1).mul(255).round().to(torch.uint8)
-                pred = lock_luma_torch(pred, gray[:, 0].float().mul(255).round().to(torch.uint8), mask[:, 0] < 0.5)
-                got.append(score_batch_torch(gt, pred, mask))
-            return {k: torch.cat([g[k] for g in got]) for k in got[0]}
-
-        def mean_score(items, gain, hole) -> float:
-            return float(score(items, gain, hole)["score"].mean())
-
-        def first(n: int) -> list:
-            out, left = [], n
-            for item in outputs:
-                if left <= 0:
-                    break
-                out.append(tuple(x[:left] for x in item))
-                left -= len(item[0])
-            return out
-
-        t = time.perf_counter()
-        extra = {}
-        if getattr(model, "chroma_mode", "none") != "none":
-            sub = first(calibration_images)
-            by_gain = {g: mean_score(sub, g, 1.0) for g in GAIN_GRID}
-            model.chroma_gain = max(by_gain, key=by_gain.get)
-            by_hole = {h: mean_score(sub, model.chroma_gain, h) for h in HOLE_GRID} if model.chroma_gain else {1.0: 0}
-            model.hole_chroma = max(by_hole, key=by_hole.get)
-            extra = {"chroma_gain": model.chroma_gain, "hole_chroma": model.hole_chroma,
-                     "score_gray": mean_score(outputs, 0.0, 0.0)}
-        final = score(outputs, model.chroma_gain, model.hole_chroma)
-        metrics = {k: float(final[k].mean()) for k in KEYS}
-        _sync()
-    return {**metrics, **extra}, {"forward": forward_s, "scoring": time.perf_counter() - t}
-
-
 def bench_validation_epoch(quick: bool = False) -> list[dict]:
-    """(f) One epoch's validation as training runs it (imgrestore.training.evaluate: the CPU metric, with the
-    chroma gain calibration) on dacon.yaml's max_val_images at 512 px, and the same work with the torch metric
-    on the device (imgrestore.torch_metrics; compared, not wired into training)."""
+    """(f) One epoch's validation as training runs it (imgrestore.training.evaluate: forward, chroma gain
+    calibration, scoring) on dacon.yaml's max_val_images at 512 px with the metric training uses on this device
+    (the torch metric, batched on a GPU), the CPU metric on a subset for comparison (the same images scored by
+    both: the scores must agree), and the share of an epoch it takes next to training a DACON-sized epoch."""
     gpu = cuda_available()
     if not gpu and not quick:
         return [row(VALIDATION_NAME, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
@@ -820,7 +744,7 @@ def bench_validation_epoch(quick: bool = False) -> list[dict]:
         import torch
 
         from imgrestore.training.data import RestorationDataset
-        from imgrestore.training.evaluate import GAIN_GRID, HOLE_GRID, evaluate
+        from imgrestore.training.evaluate import GAIN_GRID, HOLE_GRID, evaluate, metric_backend
 
         config, how, setting, training_cfg, frame, class_weights, build_s = _training_parts(quick)
     except Exception as e:
@@ -831,56 +755,60 @@ def bench_validation_epoch(quick: bool = False) -> list[dict]:
     m = _smallest(grid, family)
     cfg = training_cfg(m)
     n = min(QUICK["val_images"] if quick else int(cfg["max_val_images"]), len(frame))
+    n_cpu = min(n, QUICK["val_images"] if quick else FULL["cpu_val_images"])
     size = setting["size"]
-    dataset = RestorationDataset(frame.iloc[:n], size)
     trainer = _Trainer(m, cfg, device, "auto", 1)  # the model, and the autocast setting training validates in
     model, autocast, dtype = trainer.model, trainer.autocast, _dtype_name(trainer.amp_dtype)
     torch.manual_seed(0)
     head = getattr(model, "chroma_head", None)
     if head is not None:  # a zero-initialised head predicts gray: give it colour, so the calibration has a choice
         torch.nn.init.normal_(head[-1].weight, std=0.05)
-    model.eval()
-    with torch.no_grad(), torch.autocast(**autocast):  # warm-up: kernels, allocations
-        g, k, _ = dataset[0]
-        model(g[None].to(device), k[None].to(device))
-    _sync()
     calib = min(n, 64)
     what = f"{family} {_label(m)} ({dtype}, random weights, colour head randomised)"
+    backend = metric_backend("auto", device)
+
+    def timed(limit: int, metric: str) -> tuple[dict, float]:
+        model.chroma_gain, model.hole_chroma = 1.0, 1.0
+        _sync()
+        t = time.perf_counter()
+        got, _ = evaluate(model, RestorationDataset(frame.iloc[:limit], size), device, limit, 0,
+                          calibrate=bool(cfg["calibrate_gain"]), autocast=autocast, metric=metric)
+        _sync()
+        return got, time.perf_counter() - t
+
     rows = []
     try:
-        model.chroma_gain, model.hole_chroma = 1.0, 1.0
-        t = time.perf_counter()
-        ref, _ = evaluate(model, dataset, device, n, 0, calibrate=bool(cfg["calibrate_gain"]), autocast=autocast)
-        sec = time.perf_counter() - t
-        ref_gain = (model.chroma_gain, model.hole_chroma)
-        rows.append(row(f"{VALIDATION_NAME}, as training (imgrestore.metrics on the CPU)",
-                        f"{sec:.1f} s for {n} images ({1000 * sec / n:.0f} ms/image)",
+        timed(2, backend)  # warm-up: kernels, allocations
+        got, sec = timed(n, backend)
+        scorings = 2 * n + calib * (len(GAIN_GRID) + (len(HOLE_GRID) if got.get("chroma_gain") else 0))
+        share = ""
+        if gpu:
+            batches = _batches_of(RestorationDataset(frame, size, train=True), setting["batch_size"], 2, pin=True)
+            step = _time_training(m, cfg, device, "auto", batches, FULL["warmup"], FULL["steps"], class_weights(cfg))
+            epoch_s = DACON_TRAIN_PAIRS / step["images_per_s"]
+            share = (f"; next to a training epoch of {DACON_TRAIN_PAIRS} pairs at this configuration's "
+                     f"{step['images_per_s']:.0f} images/s ({epoch_s:.0f} s): {sec / (sec + epoch_s):.1%} of the epoch")
+        rows.append(row(f"{VALIDATION_NAME}, as training ({backend} metric on {device.type})",
+                        f"{sec:.1f} s for {n} images ({1000 * sec / n:.0f} ms/image)" + share,
                         f"training.evaluate on {_device_text(device)}, {size} px: {what} forward, the chroma gain "
                         f"chosen on the first {calib} images ({len(GAIN_GRID)} gains, then {len(HOLE_GRID)} hole "
                         f"factors unless the gain is 0), every image scored at gain 0 and at the chosen gain: "
-                        f"{2 * n + calib * (len(GAIN_GRID) + (len(HOLE_GRID) if ref_gain[0] else 0))} scorings at "
-                        f"gain {ref_gain[0]:g}" + ("" if ref_gain[0] else f" (a nonzero gain, as a trained model's, "
-                                                 f"adds {calib * len(HOLE_GRID)})")
-                        + f"; n = {'--quick' if quick else 'dacon.yaml max_val_images'}", gpu=gpu))
+                        f"{scorings} scorings; n = {'--quick' if quick else 'dacon.yaml max_val_images'}", gpu=gpu))
     except Exception as e:
-        ref = None
-        rows.append(row(f"{VALIDATION_NAME}, as training (imgrestore.metrics on the CPU)", missing(e)))
-    name = f"{VALIDATION_NAME}, torch metric on {device.type} (not wired into training)"
-    try:
-        model.chroma_gain, model.hole_chroma = 1.0, 1.0
-        t = time.perf_counter()
-        got, phases = evaluate_torch(model, dataset, device, n, autocast)
-        sec = time.perf_counter() - t
-        same = ""
-        if ref is not None:
-            same = (f"; |score - training.evaluate's| {abs(got['score'] - ref['score']):.1e}, gain/hole "
-                    f"{(got.get('chroma_gain'), got.get('hole_chroma'))} vs {ref_gain}")
-        rows.append(row(name, f"{sec:.1f} s for {n} images ({phases['forward']:.1f} s prefill + forward, "
-                        f"{phases['scoring']:.1f} s calibration + scoring)",
-                        f"the same work with imgrestore.torch_metrics.score_batch_torch (float64) and the luma "
-                        f"locked in torch, on {_device_text(device)}{same}", gpu=gpu))
-    except Exception as e:
-        rows.append(row(name, missing(e)))
+        rows.append(row(f"{VALIDATION_NAME}, as training", missing(e)))
+    if backend != "numpy" or quick:
+        name = f"{VALIDATION_NAME}, CPU metric (imgrestore.metrics) for comparison"
+        try:
+            ref, ref_s = timed(n_cpu, "numpy")
+            same, _ = timed(n_cpu, "torch")
+            rows.append(row(name, f"{ref_s:.1f} s for {n_cpu} images ({1000 * ref_s / n_cpu:.0f} ms/image; "
+                            f"~{ref_s * n / n_cpu:.0f} s for {n})",
+                            f"the same evaluate with metric='numpy' (what a CPU trial uses) on the first {n_cpu} "
+                            f"images; |score - torch metric's| on them {abs(ref['score'] - same['score']):.1e}, "
+                            f"gain/hole {(ref.get('chroma_gain'), ref.get('hole_chroma'))} vs "
+                            f"{(same.get('chroma_gain'), same.get('hole_chroma'))}", gpu=gpu))
+        except Exception as e:
+            rows.append(row(name, missing(e)))
     _clear_gpu()
     return rows
 

@@ -102,6 +102,19 @@ def lock_luma(rgb: np.ndarray, gray: np.ndarray, keep: np.ndarray) -> np.ndarray
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+
+def lock_luma_torch(rgb_u8: torch.Tensor, gray_u8: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """:func:`lock_luma` on tensors, batched, on their device: (B,3,H,W) uint8 RGB -> the same, with Pillow's
+    gray equal to ``gray_u8`` (B,H,W) wherever ``keep`` (B,H,W) is true. Bit-identical to the numpy version."""
+    def luma(t):
+        return (t[:, 0] * PILLOW_LUMA[0] + t[:, 1] * PILLOW_LUMA[1] + t[:, 2] * PILLOW_LUMA[2] + 32768) >> 16
+
+    out, target = rgb_u8.long(), gray_u8.long()
+    out = out + torch.where(keep, target - luma(out), torch.zeros_like(target))[:, None]
+    bad = keep & ((out < 0).any(1) | (out > 255).any(1) | (luma(out.clamp(0, 255)) != target))
+    out = torch.where(bad[:, None], target[:, None].expand_as(out), out)
+    return out.clamp(0, 255).to(torch.uint8)
+
 # -- chroma classes --------------------------------------------------------------------------------------------
 class ChromaBins:
     """A square grid of (Cb, Cr) classes: ``per_axis`` bins over [-extent, extent] on each axis.

@@ -13,10 +13,23 @@ import numpy as np
 import torch
 
 from imgrestore.metrics import KEYS, score_image
+from imgrestore.models.color import lock_luma_torch
+from imgrestore.torch_metrics import quantize, score_batch_torch
 from imgrestore.training.data import to_uint8_restored, to_uint8_rgb
 
 GAIN_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 HOLE_GRID = (0.0, 0.5, 1.0)
+METRICS = ("auto", "numpy", "torch")  # auto: torch on a GPU (batched, on the device), numpy on a CPU
+
+
+def metric_backend(metric: str, device) -> str:
+    """'numpy' (imgrestore.metrics, one image at a time on the CPU) or 'torch' (imgrestore.torch_metrics,
+    batched on `device`, equal to it within 1e-9: tests/test_evaluate.py)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric == "auto":
+        return "torch" if torch.device(device).type == "cuda" else "numpy"
+    return metric
 
 
 def _batches(dataset, limit: int, batch_size: int):
@@ -32,9 +45,40 @@ def _batches(dataset, limit: int, batch_size: int):
         yield [torch.stack(t) for t in zip(*group)]
 
 
+def _first(batches: list, n: int) -> list:
+    """The first n images of a list of batches (tuples of tensors), as batches."""
+    out = []
+    for item in batches:
+        if n <= 0:
+            break
+        out.append(tuple(x[:n] for x in item))
+        n -= len(item[0])
+    return out
+
+
+def _score_numpy(model, batches, gain, hole) -> dict:
+    rows = []
+    for gray, mask, gt, y, chroma in batches:
+        for j in range(len(gray)):
+            pred = to_uint8_restored(model.compose(y[j:j + 1], chroma[j:j + 1], mask[j:j + 1], gain, hole)[0],
+                                     gray[j], mask[j])
+            rows.append(score_image(gt[j].permute(1, 2, 0).numpy(), pred, mask[j, 0].numpy() > 0))
+    return {k: np.array([r[k] for r in rows]) for k in KEYS}
+
+
+def _score_torch(model, batches, gain, hole) -> dict:
+    got = []
+    for gray, mask, gt, y, chroma in batches:
+        pred = quantize(model.compose(y, chroma, mask, gain, hole))
+        pred = lock_luma_torch(pred, quantize(gray[:, 0]), mask[:, 0] < 0.5)
+        got.append(score_batch_torch(gt, pred, mask))
+    return {k: torch.cat([g[k] for g in got]).cpu().numpy() for k in KEYS}
+
+
 @torch.no_grad()
 def evaluate(model, dataset, device, limit: int, n_grid: int, calibrate: bool = True,
-             calibration_images: int = 64, batch_size: int = 8, autocast: dict | None = None):
+             calibration_images: int = 64, batch_size: int = 8, autocast: dict | None = None,
+             metric: str = "auto"):
     """Score up to `limit` validation images; returns (metrics, grid rows).
 
     Learned models (``Restorer`` with chroma): the gain is chosen on the first `calibration_images` from
@@ -43,30 +87,28 @@ def evaluate(model, dataset, device, limit: int, n_grid: int, calibrate: bool = 
     without colour: what the model's colour adds is the difference). The calibration images are among the
     scored ones, so the score is slightly optimistic (two scalars fitted on them); held-out benchmarks measure
     the gap.
+
+    metric: see `metric_backend`. With 'torch' the network outputs stay on the device and every scoring (the
+    calibration's too) runs there in batches; with 'numpy' they are moved to the CPU and scored image by image.
     """
     model.eval()
-    outputs = []  # per image: (gray, mask, gt_u8, y, chroma), all on the CPU
+    backend = metric_backend(metric, device)
+    keep_on = torch.device(device) if backend == "torch" else torch.device("cpu")
+    outputs = []  # per batch: gray, mask, truth as uint8 (B,3,H,W), y, chroma; on `keep_on`
     for gray, mask, rgb in _batches(dataset, limit, batch_size):
         with torch.autocast(**(autocast or {"device_type": "cpu", "enabled": False})):
             aux = model(gray.to(device), mask.to(device), return_aux=True)
-        for j in range(len(gray)):
-            outputs.append((gray[j], mask[j], to_uint8_rgb(rgb[j]), aux["y"][j:j + 1].float().cpu(),
-                            aux["chroma"][j:j + 1].float().cpu()))
+        outputs.append((gray.to(keep_on), mask.to(keep_on), quantize(rgb).to(keep_on),
+                        aux["y"].float().to(keep_on), aux["chroma"].float().to(keep_on)))
+    score = _score_torch if backend == "torch" else _score_numpy
 
-    def score(items, gain=None, hole=None):
-        rows = []
-        for gray, mask, gt, y, chroma in items:
-            pred = to_uint8_restored(model.compose(y, chroma, mask[None], gain, hole)[0], gray, mask)
-            rows.append(score_image(gt, pred, mask[0].numpy() > 0))
-        return rows
-
-    def mean_score(items, gain, hole):
-        return float(np.mean([r["score"] for r in score(items, gain, hole)]))
+    def mean_score(batches, gain, hole) -> float:
+        return float(np.mean(score(model, batches, gain, hole)["score"]))
 
     has_colour = getattr(model, "chroma_mode", "none") != "none"
     extra = {}
     if has_colour and calibrate:  # the gain first (colour as it is inside the hole), then the hole's factor
-        sub = outputs[:calibration_images]
+        sub = _first(outputs, calibration_images)
         by_gain = {g: mean_score(sub, g, 1.0) for g in GAIN_GRID}
         model.chroma_gain = max(by_gain, key=by_gain.get)
         by_hole = {h: mean_score(sub, model.chroma_gain, h) for h in HOLE_GRID} if model.chroma_gain else {1.0: 0}
@@ -74,12 +116,13 @@ def evaluate(model, dataset, device, limit: int, n_grid: int, calibrate: bool = 
     if has_colour:
         extra = {"chroma_gain": model.chroma_gain, "hole_chroma": model.hole_chroma,
                  "score_gray": mean_score(outputs, 0.0, 0.0)}
-    rows = score(outputs)
-    metrics = {k: float(np.mean([r[k] for r in rows])) for k in KEYS} if rows else {}
+    per_image = score(model, outputs, None, None) if outputs else {}
+    metrics = {k: float(np.mean(v)) for k, v in per_image.items()}
     shown = []
-    for gray, mask, gt, y, chroma in _spread(outputs, n_grid):
-        pred = to_uint8_restored(model.compose(y, chroma, mask[None])[0], gray, mask)
-        shown.append(((gray[0].numpy() * 255).round().astype(np.uint8), pred, gt))
+    for b, j in _spread([(b, j) for b, item in enumerate(outputs) for j in range(len(item[0]))], n_grid):
+        gray, mask, gt, y, chroma = (x[j:j + 1].cpu() for x in outputs[b])
+        pred = to_uint8_restored(model.compose(y, chroma, mask)[0], gray[0], mask[0])
+        shown.append(((gray[0, 0].numpy() * 255).round().astype(np.uint8), pred, gt[0].permute(1, 2, 0).numpy()))
     return {**metrics, **extra}, shown
 
 

@@ -169,6 +169,12 @@ def chroma_class_weights(dataset: RestorationDataset, bins, mix: float, max_imag
     return bins.rebalance_weights(counts, mix)
 
 
+def _main_rank() -> bool:
+    """True unless this is a data-parallel worker other than rank 0 (validation would only repeat rank 0's)."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def train(config: dict, report: Report, resume_from: str | None = None, device: str | None = None,
           wrap_model: Callable = lambda m: m, wrap_loader: Callable = lambda l: l) -> dict:
     """Run one trial. Returns the last epoch's metrics.
@@ -236,8 +242,9 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
         optimizer.load_state_dict(state["optimizer"]), scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, state["extra"].get("best_score", -math.inf)
 
+    main_rank = _main_rank()
     before = None  # the "before" picture: the untrained model on the grid's validation images (MLflow step 0)
-    if start_epoch == 0 and trainable and int(cfg["n_samples_grid"]):
+    if main_rank and start_epoch == 0 and trainable and int(cfg["n_samples_grid"]):
         before = sample_grid(model, val_ds, device, int(cfg["max_val_images"]), int(cfg["n_samples_grid"]),
                              autocast)  # the same images as every epoch's grid
     metrics = {}
@@ -262,14 +269,18 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
                 part_sums[k] = part_sums.get(k, 0.0) + float(v) * gray.shape[0]
         train_time = time.perf_counter() - t0
 
-        t1 = time.perf_counter()
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                   **{f"loss_{k}": v / max(seen, 1) for k, v in part_sums.items()},
+                   "train_images_per_s": seen / max(train_time, 1e-9), "train_time_s": train_time, "lr": lr}
+        if not main_rank:  # data-parallel: rank 0 validates and checkpoints; the others only report the epoch
+            with tempfile.TemporaryDirectory(prefix="imgrestore-rank-") as d:
+                report(metrics, d)
+            continue
+        t1 = time.perf_counter()  # on a GPU the metric runs there, batched (evaluate's metric="auto")
         val, grid_rows = evaluate(model, val_ds, device, int(cfg["max_val_images"]), int(cfg["n_samples_grid"]),
                                   calibrate=bool(cfg["calibrate_gain"]), autocast=autocast)
         best = max(best, val.get("score", -math.inf))
-        metrics = {**val, "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                   **{f"loss_{k}": v / max(seen, 1) for k, v in part_sums.items()},
-                   "train_images_per_s": seen / max(train_time, 1e-9), "train_time_s": train_time,
-                   "val_time_s": time.perf_counter() - t1, "lr": lr, "best_score": best}
+        metrics = {**val, **metrics, "val_time_s": time.perf_counter() - t1, "best_score": best}
 
         with tempfile.TemporaryDirectory(prefix="imgrestore-ckpt-") as d:
             save_model(model, d)
