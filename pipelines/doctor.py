@@ -223,12 +223,16 @@ def node_report(ray_address: str, tracking_uri: str) -> dict:
 # ----------------------------------------------------------------------------- bench + docs
 
 
-def run_bench(quick: bool) -> list[dict]:
+PARTS = ("clustering", "embedding", "metric", "training", "data-wait", "validation", "search")
+
+
+def run_bench(quick: bool, only: list[str] | None = None) -> list[dict]:
     from imgrestore import gpu_bench
 
     benches = [("(a) clustering", gpu_bench.bench_clustering), ("(b) embedding", gpu_bench.bench_embedding),
                ("(c) validation metric", gpu_bench.bench_metric)]
     benches += [(name, fn) for name, fn in gpu_bench.TRAINING_BENCHES.items()]  # (d)-(g): the training code
+    benches = [b for part, b in zip(PARTS, benches) if not only or part in only]
     rows = []
     for title, fn in benches:
         t = time.perf_counter()
@@ -251,10 +255,12 @@ def table(rows: list[tuple], header: tuple) -> str:
     return "\n".join(lines)
 
 
-def gpu_section(report: dict, rows: list[dict], argv: list[str]) -> str:
+def gpu_section(report: dict, rows: list[dict], argv: list[str], only: list[str] | None = None) -> str:
+    """The "## GPU" section; a run of some parts only (--only) is its own section, "## GPU: <parts>", so that it
+    never replaces the full run's figures."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return "\n".join([
-        "## GPU", "",
+        "## GPU" + (f": {', '.join(only)}" if only else ""), "",
         "What `pipelines/doctor.py --bench` measured on a GPU node (the other rows of its output are in the run log).",
         "", f"- command: `python pipelines/doctor.py {' '.join(argv)}`",
         f"- machine: {report['GPU']}; {report['GPU memory']}; {report['CUDA']}; {report['machine']}",
@@ -264,9 +270,10 @@ def gpu_section(report: dict, rows: list[dict], argv: list[str]) -> str:
 
 
 def write_docs(path: Path, section: str) -> None:
-    """Replace the file's '## GPU' section (up to the next '## ' heading), or append one."""
+    """Replace the file's section with the same heading as `section` (up to the next '## ' heading), or append it."""
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(r"^## GPU\n.*?(?=^## |\Z)", re.S | re.M)
+    heading = section.splitlines()[0]
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
 
@@ -277,6 +284,9 @@ def main(argv=None) -> int:
     p.add_argument("--bench", action="store_true",
                    help="also measure clustering, embedding, the metric and the training code")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds on a CPU), for tests")
+    p.add_argument("--only", nargs="+", choices=PARTS, metavar="PART",
+                   help=f"measure these parts only ({', '.join(PARTS)}); --write-docs then writes them as a "
+                        "section of their own")
     p.add_argument("--write-docs", metavar="PATH", help="write the GPU measurements as the 'GPU' section of PATH")
     p.add_argument("--ray-address", default="auto",
                    help="Ray cluster to look at: auto (a running one, if any), an address, or none")
@@ -291,7 +301,7 @@ def main(argv=None) -> int:
     if not args.bench:
         return 0
     print()
-    rows = run_bench(args.quick)
+    rows = run_bench(args.quick, args.only)
     print(f"\nmeasurements{' (--quick: tiny sizes)' if args.quick else ''}, {time.perf_counter() - t0:.0f} s in all\n")
     print(table([(r["name"], r["result"], r["note"]) for r in rows], ("measurement", "result", "note")))
     on_gpu = any(r["gpu"] for r in rows)
@@ -300,7 +310,7 @@ def main(argv=None) -> int:
               "GPU node).")
     if args.write_docs:
         if on_gpu:
-            write_docs(Path(args.write_docs), gpu_section(report, rows, argv))
+            write_docs(Path(args.write_docs), gpu_section(report, rows, argv, args.only))
             print(f"wrote the GPU section of {args.write_docs}")
         else:
             print(f"{args.write_docs} not written: nothing was measured on a GPU.")

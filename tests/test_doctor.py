@@ -154,3 +154,17 @@ def test_gpu_section_replaces_or_appends(tmp_path):
     report = {k: "x" for k in doctor.CHECKS}
     section = doctor.gpu_section(report, [{"name": "m", "result": "1 s", "note": "n", "gpu": True}], ["--bench"])
     assert section.startswith("## GPU\n") and "| m | 1 s | n |" in section
+    part = doctor.gpu_section(report, [{"name": "m", "result": "2 s", "note": "n", "gpu": True}], ["--only", "metric"],
+                              ["metric"])
+    assert part.startswith("## GPU: metric\n")
+    doctor.write_docs(docs, part)  # a run of some parts is a section of its own: the full run's stays
+    doctor.write_docs(docs, part.replace("2 s", "3 s"))
+    text = docs.read_text()
+    assert "## GPU\n\nnew\n" in text and text.count("## GPU: metric") == 1 and "| m | 3 s | n |" in text
+
+
+def test_only_runs_the_named_parts(tmp_path):
+    proc = _run(["--bench", "--quick", "--only", "metric"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "metric, torch float64 on CPU" in proc.stdout and "| data-wait share" not in proc.stdout
+    assert "| embedding, plain loop" not in proc.stdout
