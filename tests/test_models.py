@@ -308,3 +308,28 @@ def test_effnet_encoder_is_a_working_imagenet_backbone():
                          False, 0.0, 1e-3)
         logits = F.linear(F.relu6(h).mean((2, 3)), sd["_fc.weight"], sd["_fc.bias"])
     assert int(logits.argmax()) in range(281, 286)  # ImageNet cat classes
+
+
+def test_a_fill_given_to_forward_is_the_fill_it_would_compute():
+    """The training loader computes the classical prefill in its workers (PrefillCollate) and hands it to the
+    model: the output must be the one the model gives when it fills the hole itself."""
+    from torch.utils.data import default_collate
+
+    from imgrestore.models.prefill import PrefillCollate
+
+    torch.manual_seed(0)
+    model = create_model("unet", base_channels=4, depth=2)
+    torch.nn.init.normal_(model.y_head.weight, std=0.1)
+    items = []
+    for i in range(3):
+        gray = torch.rand(1, 32, 32)
+        mask = torch.zeros(1, 32, 32)
+        mask[:, 4 + i:20, 8:24] = 1
+        items.append((gray * (1 - mask) + 0.3 * mask, mask, torch.rand(3, 32, 32)))
+    gray, mask, rgb, filled = PrefillCollate("telea", 5)(items)
+    assert all(torch.equal(a, b) for a, b in zip(default_collate(items), (gray, mask, rgb)))
+    assert torch.equal(model(gray, mask, filled=filled), model(gray, mask))
+    with pytest.raises(ValueError, match="filled must have the shape"):
+        model(gray, mask, filled=filled[:, :, :8])
+    with pytest.raises(ValueError, match="classical fills"):
+        PrefillCollate("pushpull")

@@ -473,16 +473,15 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(total_steps, cfg["warmup_frac"]))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
-    def step(self, gray, mask, rgb) -> float:
-        """One training step on a CPU batch, the training loop's own (imgrestore.training.loop.train_step),
-        after the same copy to the device; returns the loss."""
+    def step(self, *batch) -> float:
+        """One training step on a CPU batch (gray, mask, rgb[, filled]: see loop.train_loader), the training
+        loop's own (imgrestore.training.loop.train_step), after the same copy to the device; returns the loss."""
         from imgrestore.training.loop import train_step
 
-        device = self.device
-        gray = gray.to(device, non_blocking=True)
-        mask, rgb = mask.to(device, non_blocking=True), rgb.to(device, non_blocking=True)
+        gray, mask, rgb, *filled = (t.to(self.device, non_blocking=True) for t in batch)
         loss, parts = train_step(self.model, gray, mask, rgb, self.cfg, self.loss_fn, self.optimizer, self.scaler,
-                                 self.scheduler, self.autocast, self.bins, self.class_weights)
+                                 self.scheduler, self.autocast, self.bins, self.class_weights,
+                                 filled=filled[0] if filled else None)
         for v in parts.values():  # the loop reads every part back (float(v)) for its epoch means
             float(v)
         return loss.item()
@@ -555,15 +554,26 @@ def _time_training(model_cfg, cfg, device, amp, batches, warmup, steps, class_we
     return out
 
 
-def _batches_of(dataset, batch_size: int, n_batches: int, pin: bool) -> list:
+def _batches_of(dataset, batch_size: int, n_batches: int, pin: bool, prefill: tuple | None = None) -> list:
+    """Preloaded CPU batches; with `prefill` (method, radius) each carries its classical fill, as the training
+    loader's batches do (loop.train_loader: the fill is computed in its workers, not in the step)."""
     import torch
+
+    from imgrestore.models.prefill import CPU_PREFILLS, PrefillCollate
 
     out = []
     for b in range(n_batches):
         items = [dataset[(b * batch_size + j) % len(dataset)] for j in range(batch_size)]
         batch = [torch.stack(t) for t in zip(*items)]
+        if prefill and prefill[0] in CPU_PREFILLS:
+            batch = list(PrefillCollate(*prefill)(items))
         out.append([t.pin_memory() for t in batch] if pin else batch)
     return out
+
+
+def _prefill_of(cfg: dict) -> tuple:
+    """(method, radius) of a training config's model (the Restorer's defaults: telea, 5)."""
+    return str(cfg["model"].get("prefill", "telea")), int(cfg["model"].get("prefill_radius", 5))
 
 
 def bench_training_throughput(quick: bool = False) -> list[dict]:
@@ -591,7 +601,7 @@ def bench_training_throughput(quick: bool = False) -> list[dict]:
     warmup, steps = (QUICK["warmup"], QUICK["steps"]) if quick else (FULL["warmup"], FULL["steps"])
     any_cfg = training_cfg(measured[0])
     dataset = RestorationDataset(frame, size, train=True, extra_damage=any_cfg["extra_damage"], flip=any_cfg["flip"])
-    batches = _batches_of(dataset, bs, 2, pin=gpu)
+    batches = _batches_of(dataset, bs, 2, pin=gpu, prefill=_prefill_of(any_cfg))
     amps = ("auto", "fp32") if gpu else ("fp32",)
     cells: dict = {}
     peaks = []  # (dtype, peak GiB or inf for out of memory, reserved GiB, which configuration)
@@ -629,12 +639,13 @@ def bench_training_throughput(quick: bool = False) -> list[dict]:
         rows.append(row(f"{TRAIN_NAME}, bf16", NO_GPU, "autocast bf16 runs on a GPU only (loop.autocast_dtype)"))
         rows.append(row(check, NO_GPU, "peak GPU memory needs a GPU; the fp32 rows above ran on the CPU"))
         return rows
-    # the Telea prefill runs on the CPU inside every forward: its share of a step is worth knowing
+    # the classical prefill runs on the CPU, in the loader's workers: what it costs a batch (here, on all of
+    # torch's threads) says how many workers it needs to keep up
     gray, mask = batches[0][0], batches[0][1]
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
-        prefill(gray, mask, str(any_cfg["model"].get("prefill", "telea")), int(any_cfg["model"].get("prefill_radius", 5)))
+        prefill(gray, mask, *_prefill_of(any_cfg))
         best = min(best, time.perf_counter() - t)
     parts = []
     for dtype in dict.fromkeys(d for d, *_ in peaks):
@@ -654,9 +665,9 @@ def bench_training_throughput(quick: bool = False) -> list[dict]:
             f"rebalance {any_cfg['chroma_rebalance']}; AdamW, GradScaler for fp16 only, grad clip "
             f"{any_cfg['grad_clip']}; {warmup} warm-up + {steps} timed steps on preloaded batches (no data wait), "
             f"random weights; peak: torch.cuda.max_memory_allocated (the CUDA context, ~0.5 GiB, is not in it; "
-            f"reserved: max_memory_reserved); the {any_cfg['model'].get('prefill', 'telea')} prefill inside every "
-            f"forward runs on the CPU: {best * 1000:.0f} ms per batch of {bs} on its own; synthetic {size} px set "
-            f"built in {build_s:.0f} s")
+            f"reserved: max_memory_reserved); the {_prefill_of(any_cfg)[0]} prefill is computed by the loader (its "
+            f"workers), not in the timed step: {best * 1000:.0f} ms per batch of {bs} on "
+            f"{torch.get_num_threads()} threads; synthetic {size} px set built in {build_s:.0f} s")
     rows.append(row(check, result, note, gpu=True))
     return rows
 
@@ -670,9 +681,9 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
         return [row(DATA_WAIT_NAME, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
     try:
         import torch
-        from torch.utils.data import DataLoader
 
         from imgrestore.training.data import RestorationDataset
+        from imgrestore.training.loop import train_loader
 
         config, how, setting, training_cfg, frame, class_weights, build_s = _training_parts(quick)
     except Exception as e:
@@ -686,13 +697,13 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
     dataset = RestorationDataset(frame, size, train=True, extra_damage=first_cfg["extra_damage"],
                                  flip=first_cfg["flip"], seed=0)
 
-    def loader():
-        return DataLoader(dataset, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers, pin_memory=gpu,
-                          generator=torch.Generator().manual_seed(0))
+    def loader(model):  # the training loop's loader (the classical prefill computed in its workers)
+        cfg = {**first_cfg, "batch_size": bs}
+        return train_loader(dataset, cfg, model, device, generator=torch.Generator().manual_seed(0))
 
     # the loader alone: how many images/s it delivers with nothing else running
     t = time.perf_counter()
-    it = iter(loader())  # starts the workers
+    it = iter(loader(_Trainer(_smallest(grid, _families(grid)[0]), first_cfg, torch.device("cpu"), "fp32", 1).model))
     next(it)
     first_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -708,7 +719,7 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
             _clear_gpu()
             trainer = _Trainer(m, cfg, device, "auto", steps + 1, class_weights(cfg))
             dtype = _dtype_name(trainer.amp_dtype)
-            it = iter(loader())
+            it = iter(loader(trainer.model))
             trainer.step(*next(it))  # warm-up, and the workers' start
             wait = busy = 0.0
             for _ in range(steps):
@@ -725,7 +736,8 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
             parts.append(f"{family} {_label(m)}: {missing(e)}")
     _clear_gpu()
     note = (f"{_device_text(device)}, {size} px, batch {bs}, {dtype}; share = time blocked in next(loader) / (that + "
-            f"the training step), over {steps} step{'s' if steps > 1 else ''} after the first; RestorationDataset(train=True, extra_damage "
+            f"the training step), over {steps} step{'s' if steps > 1 else ''} after the first; loop.train_loader (the "
+            f"{_prefill_of(first_cfg)[0]} prefill in its workers) over RestorationDataset(train=True, extra_damage "
             f"{first_cfg['extra_damage']}: dacon.yaml's highest), DataLoader num_workers {workers} (dacon.yaml), "
             f"pin_memory {gpu}, on {os.cpu_count()} CPUs; the loader alone: {alone:.0f} images/s, first batch after "
             f"{first_s:.1f} s (worker start, paid every epoch)")
@@ -783,7 +795,8 @@ def bench_validation_epoch(quick: bool = False) -> list[dict]:
         scorings = 2 * n + calib * (len(GAIN_GRID) + (len(HOLE_GRID) if got.get("chroma_gain") else 0))
         share = ""
         if gpu:
-            batches = _batches_of(RestorationDataset(frame, size, train=True), setting["batch_size"], 2, pin=True)
+            batches = _batches_of(RestorationDataset(frame, size, train=True), setting["batch_size"], 2, pin=True,
+                                  prefill=_prefill_of(cfg))
             step = _time_training(m, cfg, device, "auto", batches, FULL["warmup"], FULL["steps"], class_weights(cfg))
             epoch_s = DACON_TRAIN_PAIRS / step["images_per_s"]
             share = (f"; next to a training epoch of {DACON_TRAIN_PAIRS} pairs at this configuration's "

@@ -130,9 +130,15 @@ class Restorer(nn.Module):
         scale = gain * (1 - mask * (1 - hole)) if hole != 1.0 else gain
         return compose_rgb(y, chroma * scale)
 
-    def forward(self, gray: torch.Tensor, mask: torch.Tensor, return_aux: bool = False):
+    def forward(self, gray: torch.Tensor, mask: torch.Tensor, return_aux: bool = False,
+                filled: torch.Tensor | None = None):
+        """``filled``: this model's prefill of ``gray``, when it was computed already (the training loader's
+        ``prefill.PrefillCollate`` computes it in its workers); None: computed here."""
         check_inputs(gray, mask)
-        filled = prefill(gray, mask, self.prefill_method, self.prefill_radius)
+        if filled is None:
+            filled = prefill(gray, mask, self.prefill_method, self.prefill_radius)
+        elif filled.shape != gray.shape:
+            raise ValueError(f"filled must have the shape of gray {tuple(gray.shape)}, got {tuple(filled.shape)}")
         chroma, logits = gray.new_zeros(gray.shape[0], 2, *gray.shape[-2:]), None
         if self.feature_channels:
             full = gray.shape[-2:]

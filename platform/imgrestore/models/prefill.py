@@ -17,9 +17,10 @@ Methods (``PREFILLS``):
 
 OpenCV works on uint8 images on the CPU, outside autograd: the fill is an input, not something to learn through.
 Known pixels are returned exactly as given. The images of a batch are filled in parallel threads (OpenCV
-releases the GIL), as many as torch's CPU threads: on a GPU node the fill runs inside every training step, and
-one thread at a time made it most of the step (154 ms of a ~230 ms step at 512 px, batch 8, on an H200:
-docs/benchmarks.md, "GPU").
+releases the GIL), as many as torch's CPU threads. Training goes further: ``PrefillCollate`` fills each batch
+in the DataLoader's worker processes and the model takes the fill as an input (``Restorer.forward(filled=)``),
+so the GPU never waits for it (inside the step, one thread at a time, it was 154 ms of a ~230 ms step at
+512 px, batch 8, on an H200: docs/benchmarks.md, "GPU").
 """
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ def classical_fill(gray: torch.Tensor, mask: torch.Tensor, method: str, radius: 
 
 
 def prefill(gray: torch.Tensor, mask: torch.Tensor, method: str, radius: int = 5) -> torch.Tensor:
+    """(B,1,H,W) gray with the hole filled by `method`; known pixels unchanged."""
     if method == "none":
         return gray
     if method == "pushpull":
@@ -107,3 +109,22 @@ def prefill(gray: torch.Tensor, mask: torch.Tensor, method: str, radius: int = 5
     if method in ("telea", "ns", "fsr"):
         return classical_fill(gray, mask, method, radius)
     raise ValueError(f"prefill must be one of {PREFILLS}, got {method!r}")
+
+
+CPU_PREFILLS = ("telea", "ns", "fsr")  # OpenCV on the CPU: worth moving off a GPU's training step
+
+
+class PrefillCollate:
+    """A DataLoader ``collate_fn``: the default collation of (gray, mask, rgb) items, plus the batch's classical
+    fill as a fourth tensor, computed where the loader runs (its worker processes when ``num_workers`` > 0)."""
+
+    def __init__(self, method: str, radius: int = 5):
+        if method not in CPU_PREFILLS:
+            raise ValueError(f"PrefillCollate is for the classical fills {CPU_PREFILLS}, got {method!r}")
+        self.method, self.radius = method, int(radius)
+
+    def __call__(self, items):
+        from torch.utils.data import default_collate
+
+        gray, mask, rgb = default_collate(items)
+        return gray, mask, rgb, classical_fill(gray, mask, self.method, self.radius)

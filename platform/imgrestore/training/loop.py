@@ -25,6 +25,7 @@ from imgrestore.data.dacon import find_path_columns, resolve_path
 from imgrestore.losses import build_loss, chroma_class_loss, masked_l1_loss
 from imgrestore.models import create_model, is_trainable
 from imgrestore.models.color import rgb_to_chroma, rgb_to_luma
+from imgrestore.models.prefill import CPU_PREFILLS, PrefillCollate
 from imgrestore.training.checkpoint import TRIAL_CONFIG, load_model, load_train_state, save_model, save_train_state
 from imgrestore.training.data import EpochConcat, PhotoCrops, RestorationDataset, extra_photo_sources
 from imgrestore.training.evaluate import evaluate, sample_grid
@@ -128,15 +129,16 @@ def lr_lambda(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
 
 
 def train_step(net, gray, mask, rgb, cfg: dict, loss_fn, optimizer, scaler, scheduler, autocast: dict,
-               bins=None, class_weights=None, where: str = ""):
+               bins=None, class_weights=None, where: str = "", filled=None):
     """One optimisation step on a batch already on the device; returns (loss, its detached parts).
+    ``filled``: the batch's prefill when the loader computed it (see `train_loader`).
 
     The loss: the configured losses on the RGB output, the auxiliary L1 of the luma inside the hole, and for
     chroma classes their rebalanced cross-entropy. A non-finite loss fails now rather than after hours of NaN.
     (The GPU benchmark in imgrestore.gpu_bench times exactly this function.)
     """
     with torch.autocast(**autocast):
-        out = net(gray, mask, return_aux=True)
+        out = net(gray, mask, return_aux=True, filled=filled)
     loss, parts = loss_fn(out["rgb"].float(), rgb, mask)
     if cfg["aux_gray_weight"]:
         aux = masked_l1_loss(out["y"].float(), rgb_to_luma(rgb), mask)
@@ -156,6 +158,20 @@ def train_step(net, gray, mask, rgb, cfg: dict, loss_fn, optimizer, scaler, sche
     scaler.update()
     scheduler.step()
     return loss, parts
+
+
+def train_loader(dataset, cfg: dict, model, device: torch.device, sampler=None, generator=None) -> DataLoader:
+    """The training DataLoader. A learned model with a classical (OpenCV, CPU) prefill gets its fill computed
+    by the loader (``PrefillCollate``: in the worker processes when num_workers > 0) and batches of four
+    tensors (gray, mask, rgb, filled); otherwise batches of three and the model fills the hole itself."""
+    method = getattr(model, "prefill_method", None)
+    collate = PrefillCollate(method, model.prefill_radius) if is_trainable(model) and method in CPU_PREFILLS \
+        else None
+    workers = int(cfg["num_workers"])
+    return DataLoader(dataset, batch_size=min(int(cfg["batch_size"]), len(dataset)), shuffle=sampler is None,
+                      sampler=sampler, drop_last=True, num_workers=workers, collate_fn=collate,
+                      pin_memory=device.type == "cuda",  # workers are not persistent: each epoch's workers copy
+                      generator=generator)  # the dataset after set_epoch, so augmentations change every epoch
 
 
 def chroma_class_weights(dataset: RestorationDataset, bins, mix: float, max_images: int = 256) -> torch.Tensor:
@@ -204,13 +220,8 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
         counts = train_frame["cluster"].map(train_frame["cluster"].value_counts())
         sampler = WeightedRandomSampler((1.0 / counts).to_numpy(), num_samples=len(train_frame),
                                         generator=torch.Generator())
-    batch_size = min(int(cfg["batch_size"]), len(train_ds))
-    shuffle_rng = torch.Generator()  # re-seeded every epoch: the order depends on (seed, epoch) only,
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,  # so a
-                        drop_last=True, num_workers=int(cfg["num_workers"]),  # resumed run repeats it
-                        pin_memory=device.type == "cuda",  # workers are not persistent: each epoch's
-                        # workers copy the dataset after set_epoch, so augmentations change every epoch
-                        generator=shuffle_rng)
+    shuffle_rng = torch.Generator()  # re-seeded every epoch: the order depends on (seed, epoch) only, so a
+    # resumed run repeats it
 
     # model, loss, optimiser, schedule
     model_cfg = dict(cfg["model"])
@@ -228,7 +239,7 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
         raise ValueError("cluster_balanced sampling is not supported in data-parallel trials (workers > 1): "
                          "Ray Train replaces the sampler with a DistributedSampler")
     net = wrap_model(model) if trainable else model
-    loader = wrap_loader(loader)
+    loader = wrap_loader(train_loader(train_ds, cfg, model, device, sampler, shuffle_rng))
     # a classical restorer has no parameters: a placeholder keeps the checkpoint format (optimizer state) one
     optimizer = torch.optim.AdamW(net.parameters() if trainable else [torch.zeros(1, requires_grad=True)],
                                   lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -258,11 +269,11 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
             loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
         t0, seen, loss_sum, part_sums = time.perf_counter(), 0, 0.0, {}
         lr = scheduler.get_last_lr()[0]  # the epoch's starting rate (after the last step it is ~0: cosine)
-        for gray, mask, rgb in (loader if trainable else ()):
-            gray = gray.to(device, non_blocking=True)
-            mask, rgb = mask.to(device, non_blocking=True), rgb.to(device, non_blocking=True)
+        for batch in (loader if trainable else ()):
+            gray, mask, rgb, *filled = (t.to(device, non_blocking=True) for t in batch)
             loss, parts = train_step(net, gray, mask, rgb, cfg, loss_fn, optimizer, scaler, scheduler, autocast,
-                                     bins, class_weights, where=f"epoch {epoch + 1}")
+                                     bins, class_weights, where=f"epoch {epoch + 1}",
+                                     filled=filled[0] if filled else None)
             seen += gray.shape[0]
             loss_sum += loss.item() * gray.shape[0]
             for k, v in parts.items():
