@@ -702,8 +702,9 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
         return train_loader(dataset, cfg, model, device, generator=torch.Generator().manual_seed(0))
 
     # the loader alone: how many images/s it delivers with nothing else running
+    any_model = _Trainer(_smallest(grid, _families(grid)[0]), first_cfg, torch.device("cpu"), "fp32", 1).model
     t = time.perf_counter()
-    it = iter(loader(_Trainer(_smallest(grid, _families(grid)[0]), first_cfg, torch.device("cpu"), "fp32", 1).model))
+    it = iter(loader(any_model))
     next(it)
     first_s = time.perf_counter() - t
     t = time.perf_counter()
