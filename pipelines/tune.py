@@ -14,11 +14,16 @@ An existing --out is replaced only if it is a submission zip imgrestore wrote (t
 that wrote it); any other file there is an error before any work, unless --overwrite is given.
 Without --ray-address (or RAY_ADDRESS) a local Ray is started, and its processes end with this one even when
 it is killed (two of Ray's agent processes take up to a minute to notice).
+
+The console shows the stages, progress bars, Tune's trial table and the summary; Ray's own log lines and the
+trials' output are in Ray's log files (/tmp/ray/session_latest/logs), and on the console with --verbose.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -75,6 +80,8 @@ def parse_args(argv=None):
     p.add_argument("--ray-address", help="connect to a running Ray cluster (default: start a local one)")
     p.add_argument("--num-samples", type=positive_int, help="override the space's num_samples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="Ray's log lines and the trials' own output on the console "
+                   "too (always in Ray's log files, /tmp/ray/session_latest/logs)")
     return p.parse_args(argv)
 
 
@@ -113,9 +120,11 @@ def run(args) -> int:
     dataset = load_dataset(data_dir)  # validates (fully decodes) every file before any work starts
     embedder = args.embedder or ("effnet-lite0" if not args.data else "clip:geolocal/StreetCLIP")
     check_embedder_weights(embedder, data_dir, args.preprocess_out)
-    start_ray(args.ray_address)
+    quiet_console(args.verbose)
+    start_ray(args.ray_address, args.verbose)
 
     # 1. preprocess: embeddings -> scene clusters -> leakage-free folds (skipped when up to date)
+    print(f"[1/3] preprocess {data_dir} ({len(dataset.train)} train, {len(dataset.test)} test images)", flush=True)
     pre = run_preprocess(data_dir, args.preprocess_out, embedder=embedder, backend=args.cluster_backend,
                          tracking_uri=tracking_uri)
     print(f"preprocess: {'up to date, reused' if pre.reused else 'done'} ({pre.embedder}, {pre.backend}): "
@@ -125,6 +134,8 @@ def run(args) -> int:
     space.config = {**space.config, "preproc_csv": pre.paths["train_csv"]}
 
     # 2. search (the classical restorers are scored first, on the same validation images)
+    print(f"[2/3] search: {space.num_samples} trials of {Path(space.source).name}, the classical restorers first",
+          flush=True)
     try:
         outcome = run_search(space, data_dir, args.storage, tracking_uri, resume=resume, seed=args.seed,
                              artifacts=[space.source, pre.paths["cluster_map"], pre.paths["summary"]])
@@ -135,6 +146,7 @@ def run(args) -> int:
     print(trials_table(outcome.results, space.metric, space.mode))
 
     client = MlflowClient(tracking_uri)
+    print("[3/3] champion and submission", flush=True)
     try:
         return finish(args, space, outcome, dataset, client, tracking_uri, pre.paths["train_csv"])
     except KeyboardInterrupt:  # after the search: the champion may be registered already, the zip is not written
@@ -149,14 +161,28 @@ def run(args) -> int:
         raise
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, verbose: bool = False) -> None:
     """Connect to the Ray cluster at `address` (or RAY_ADDRESS, or one started with `ray start` on this machine);
     with none, start a local Ray. Ray ties that local Ray's processes to this one: on Linux they get a
     parent-death signal (prctl PR_SET_PDEATHSIG), elsewhere a reaper process ends them, so a SIGKILLed tune.py
     leaves nothing behind; only its dashboard and runtime-env agents linger, up to a minute, before they exit
     (tests/test_tune_cli.py checks it). Should any be left (`ps -ef | grep ray::`), `ray stop` ends them, but
     also every other Ray on this machine, another search's included."""
-    ray.init(address=address, ignore_reinit_error=True)
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        quiet_console(verbose)  # Ray sets its loggers' levels again when it starts
+
+
+def quiet_console(verbose: bool) -> None:
+    """Without --verbose, Ray's and Ray Data's info and warning lines stay in Ray's log files: the token
+    notice, "experiment state snapshotting" (Tune saves its state after every checkpoint because num_to_keep
+    is set: see tuning.search; it is the price of a safe resume, not a fault), Ray Data's plan logs."""
+    if verbose:
+        return
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for name in ("ray", "ray.data", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def check_embedder_weights(embedder: str, data_dir, preprocess_out=None) -> None:
@@ -233,7 +259,7 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
     client.set_tag(outcome.parent_run_id, "champion", f"{choice.kind}: {choice.name} (version {version})")
     client.set_terminated(outcome.parent_run_id, "FINISHED")
     if best is not None:
-        print(summary_text(best_epoch, best.config, outcome.experiment_dir, tracking_uri))
+        print(summary_text(best_epoch, best.config, outcome.experiment_dir, tracking_uri, outcome.experiment_id))
     print(champion_text(choice, outcome.baselines, model_uri, version, alias, zip_path.resolve()))
     print(json.dumps({"submission": str(zip_path.resolve()), "champion": model_uri, "version": version,
                       "champion_kind": choice.kind, "champion_val_score": choice.score,

@@ -141,3 +141,41 @@ def test_best_epoch_is_kept_across_a_resume(logger, tmp_path):
     restored.on_trial_result(iteration=3, trials=[trial], trial=trial, result=result)
     assert restored.best[trial.trial_id] == (0.7, 2)
     assert restored.client.get_run(restored.runs[trial.trial_id]).data.tags["best_epoch"] == "2"
+
+
+def test_trial_runs_say_what_they_are_and_how_they_ended(tmp_path):
+    """Named from the config, source-tagged, the training split as dataset input, and tagged with how each
+    trial ended (completed, stopped early by the scheduler, failed) and its epochs."""
+    import pandas as pd
+
+    from imgrestore.tuning.search import split_dataset
+
+    uri = setup_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = get_or_create_experiment("cb", uri)
+    parent = MlflowClient(uri).create_run(exp, run_name="parent").info.run_id
+
+    class Space:
+        config = {}
+
+    split = pd.DataFrame({"input_img_path": ["train_input/a.png"], "cluster": [0], "fold": [0]}).to_csv(index=False)
+    logger = MLflowTrialLogger(uri, exp, parent, dataset=split_dataset(split, Space, tmp_path / "data"))
+    done, stopped, failed = FakeTrial("abc_00000"), FakeTrial("abc_00001"), FakeTrial("abc_00002")
+    for trial, epochs in ((done, 3), (stopped, 1), (failed, 2)):
+        for epoch in range(1, epochs + 1):
+            result = tune_result(epoch, 0.5, 0.5)
+            logger.on_trial_result(iteration=epoch, trials=[trial], trial=trial, result=result)
+            trial.last_result = result
+    logger.on_trial_complete(iteration=3, trials=[], trial=done)
+    logger.on_trial_complete(iteration=3, trials=[], trial=stopped)
+    logger.on_trial_error(iteration=3, trials=[], trial=failed)
+    client = logger.client
+    runs = {t.trial_id: client.get_run(logger.runs[t.trial_id]) for t in (done, stopped, failed)}
+    assert runs[done.trial_id].info.run_name == "unet w4 lr 1.0e-03 [abc_00000]"
+    ends = {k: (r.data.tags["imgrestore.end"], r.data.tags["imgrestore.epochs"], r.info.status) for k, r in runs.items()}
+    assert ends == {"abc_00000": ("completed", "3", "FINISHED"),
+                    "abc_00001": ("stopped early by the scheduler after 1 of 3 epochs", "1", "FINISHED"),
+                    "abc_00002": ("failed", "2", "FAILED")}
+    for run in runs.values():
+        assert run.data.tags["mlflow.source.type"] == "LOCAL" and "mlflow.source.name" in run.data.tags
+        (ds,) = run.inputs.dataset_inputs
+        assert ds.dataset.name == "data split" and ds.tags[0].value == "training"

@@ -65,7 +65,7 @@ def test_cached_weights_or_other_embedders_need_no_hub(tune_cli, no_hub, tmp_pat
 
 def test_tune_with_data_and_no_embedder_is_an_error_before_ray(tune_cli, no_hub, tiny_dacon, tmp_path, capsys,
                                                                monkeypatch):
-    monkeypatch.setattr(tune_cli, "start_ray", lambda address: pytest.fail("Ray must not start"))
+    monkeypatch.setattr(tune_cli, "start_ray", lambda *a, **k: pytest.fail("Ray must not start"))
     t0 = time.perf_counter()
     code = tune_cli.main(["--data", str(tiny_dacon), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
                           "--out", str(tmp_path / "submission.zip"), "--storage", str(tmp_path / "runs")])

@@ -55,6 +55,9 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "Best trial" in out and "submission.zip" in out and "models:/imgrestore-tiny@champion" in out
+    assert all(f"[{i}/3] " in out for i in (1, 2, 3))  # the stages, as they start
+    exp_id = MlflowClient(uri).get_experiment_by_name("tiny").experiment_id  # the link opens its training runs
+    assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning" in out
     summary = json.loads(out.strip().splitlines()[-1])
     for name in ("input_copy", "telea", "navier_stokes", "fsr"):  # measured beside the trials, in the summary
         assert f"  {name} " in out
@@ -219,6 +222,10 @@ def test_ctrl_c_exits_130_and_registers_nothing(workdir, tmp_path):
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 130, (stdout[-2000:], stderr[-3000:])
     assert "--resume" in stderr and not out.exists()
+    console = stdout + stderr  # without --verbose: stages and tables, not Ray's log lines
+    for noise in ("Token authentication", "snapshotting", "Started a local Ray instance"):
+        assert noise not in console, noise
+    assert "[2/3] search" in stdout
     assert not client.search_registered_models("name = 'imgrestore-tinylong'")
     runs = client.search_runs([client.get_experiment_by_name("tinylong").experiment_id])
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]

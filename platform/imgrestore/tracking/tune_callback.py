@@ -16,6 +16,9 @@ MLflow's image viewer opens; nothing exists before the first epoch) the first ep
 (or `val_samples_untrained.png`, if a first checkpoint holds one). The best epoch so far (by the search's
 metric) as the tag `best_epoch` and its grid as the artifact `best_val_restorations.png`, replaced whenever
 an epoch improves on it: when the trial ends it is the best epoch's.
+Runs are named from their config (family, chroma head, width, depth, learning rate, trial id), carry MLflow's
+source tags (script, user, git commit) and the training split as a dataset input, and when a trial ends the
+tags `imgrestore.end` (completed / stopped early by the scheduler / failed) and `imgrestore.epochs`.
 """
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import DatasetInput, Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 from PIL import Image, ImageDraw
 from ray import tune
 
@@ -63,6 +67,24 @@ def epoch_metrics(result: dict) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
+def trial_name(config: dict, trial_id: str) -> str:
+    """A run name that says what the trial trains: 'effnet_unet regression w16 d4 lr 1.2e-03 [id]'."""
+    model = config.get("model") or {}
+    parts = [str(model.get("name", "?"))]
+    if model.get("chroma"):
+        parts.append(str(model["chroma"]))
+    parts += [f"{k}{model[key]}" for k, key in (("w", "base_channels"), ("d", "depth")) if key in model]
+    if isinstance(config.get("lr"), (int, float)):
+        parts.append(f"lr {config['lr']:.1e}")
+    return " ".join(parts) + f" [{trial_id}]"
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own context tags (mlflow.source.name, mlflow.user, mlflow.source.git.commit when in a git
+    checkout), which client.create_run, unlike mlflow.start_run, does not add."""
+    return {k: str(v) for k, v in resolve_tags({}).items()}
+
+
 def label_image(image: np.ndarray, text: str) -> np.ndarray:
     """`image` (HxWx3 uint8) under a white band that holds `text`."""
     im = Image.fromarray(image)
@@ -81,8 +103,9 @@ def _read_rgb(path: Path) -> np.ndarray | None:
 
 class MLflowTrialLogger(tune.Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, log_images: bool = True,
-                 metric: str = "score", mode: str = "max"):
+                 metric: str = "score", mode: str = "max", dataset: DatasetInput | None = None):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.dataset = dataset  # the training split, logged as every trial run's dataset input
         self.log_images = log_images
         self.metric, self.mode = metric, mode
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
@@ -129,10 +152,12 @@ class MLflowTrialLogger(tune.Callback):
         if found:
             run_id = found[0].info.run_id
         else:
-            run = self.client.create_run(self.experiment_id, run_name=str(trial),
-                                         tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id,
-                                               "mlflow.note.content": RUN_NOTE})
+            run = self.client.create_run(self.experiment_id, run_name=trial_name(trial.config, trial.trial_id),
+                                         tags={**source_tags(), "mlflow.parentRunId": self.parent_run_id,
+                                               TRIAL_TAG: trial.trial_id, "mlflow.note.content": RUN_NOTE})
             run_id = run.info.run_id
+            if self.dataset is not None:
+                self.client.log_inputs(run_id, [self.dataset])
             params = [Param(k, str(v)[:6000]) for k, v in flatten(trial.config).items()]
             for i in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[i:i + 100])
@@ -178,7 +203,19 @@ class MLflowTrialLogger(tune.Callback):
             self.client.log_image(run_id, grid, artifact_file=BEST_IMAGE)  # replaces the previous best
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.client.set_terminated(self.run_id(trial), RunStatus.to_string(RunStatus.FINISHED))
+        last = trial.last_result or {}
+        epochs, planned = int(last.get("epoch", 0)), trial.config.get("epochs")
+        if isinstance(planned, (int, float)) and epochs < planned and last.get("train_images_per_s", 1) > 0:
+            end = f"stopped early by the scheduler after {epochs} of {int(planned)} epochs"
+        else:
+            end = "completed"
+        self._end(trial, end, epochs, RunStatus.FINISHED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.client.set_terminated(self.run_id(trial), RunStatus.to_string(RunStatus.FAILED))
+        self._end(trial, "failed", int((trial.last_result or {}).get("epoch", 0)), RunStatus.FAILED)
+
+    def _end(self, trial, end: str, epochs: int, status) -> None:
+        run_id = self.run_id(trial)
+        self.client.set_tag(run_id, "imgrestore.end", end)
+        self.client.set_tag(run_id, "imgrestore.epochs", str(epochs))
+        self.client.set_terminated(run_id, RunStatus.to_string(status))

@@ -19,16 +19,19 @@ import secrets
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs
+import mlflow.data
+from mlflow.entities import DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from imgrestore.tracking import get_or_create_experiment
-from imgrestore.tracking.tune_callback import MLflowTrialLogger
+from imgrestore.tracking.tune_callback import MLflowTrialLogger, source_tags
 from imgrestore.tuning.baselines import baselines_markdown, evaluate_baselines
 from imgrestore.tuning.space import SearchSpace
 from imgrestore.tuning.trainable import train_trial, train_trial_distributed
@@ -89,6 +92,19 @@ def _split_text(space: SearchSpace, data_dir: Path) -> str | None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run `python pipelines/preprocess.py --data {data_dir}` first")
     return path.read_text()
+
+
+def split_dataset(split_text: str, space: SearchSpace, data_dir: Path) -> DatasetInput:
+    """The train/validation split the trials read (train_preproc_1.csv: pairs, clusters, folds) as an MLflow
+    dataset input, its digest the split's: the runs page shows which data a search trained on."""
+    csv = space.config.get("preproc_csv") or data_dir / "train_preproc_1.csv"
+    frame = pd.read_csv(io.StringIO(split_text))
+    with warnings.catch_warnings():  # MLflow's hints on source kinds and integer columns: noise here
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_pandas(frame, source=str(Path(csv).resolve()), name=f"{data_dir.name} split",
+                                     digest=hashlib.sha256(split_text.encode()).hexdigest()[:10])
+        entity = ds._to_mlflow_entity()  # (the schema, and its hint, are computed here)
+    return DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])
 
 
 def _trainable(space: SearchSpace, storage_path: str, split_csv: str | None = None):
@@ -202,6 +218,7 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
     split_text = _split_text(space, data_dir)
     split_digest = hashlib.sha256(split_text.encode()).hexdigest()
     trainable = _trainable(space, storage_path, split_text)
+    dataset = split_dataset(split_text, space, data_dir)
 
     parent_run_id = None
     try:  # until the Tuner exists, a failure or Ctrl-C closes the parent run (nothing to resume yet: not RUNNING)
@@ -225,8 +242,10 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
             tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
         else:
             name, exp_dir = _create_experiment_dir(storage_path, space.name)
-            parent = client.create_run(experiment_id, run_name=name, tags={"imgrestore.stage": "tune"})
+            parent = client.create_run(experiment_id, run_name=name,
+                                       tags={**source_tags(), "imgrestore.stage": "tune"})
             parent_run_id = parent.info.run_id
+            client.log_inputs(parent_run_id, [dataset])
             _write_text(_join(exp_dir, PARENT_FILE), json.dumps({"run_id": parent_run_id, "experiment_id": experiment_id,
                                                                  "split_sha256": split_digest}))
             for key, value in {"space": space.name, "data_dir": str(data_dir), "num_samples": space.num_samples,
@@ -255,7 +274,7 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                             checkpoint_score_order=space.mode),
                     callbacks=[MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id, metric=space.metric,
-                                                 mode=space.mode), *callbacks],
+                                                 mode=space.mode, dataset=dataset), *callbacks],
                 ),
             )
     except BaseException as e:

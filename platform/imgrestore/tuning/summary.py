@@ -19,7 +19,14 @@ def trials_table(results, metric: str = "score", mode: str = "max", top: int = 1
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def summary_text(metrics: dict, config: dict, experiment_dir, tracking_uri) -> str:
+def runs_page(experiment_id: str | None, base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI page with a search's training runs. MLflow 3 opens an experiment on its GenAI page unless
+    the link asks for the machine-learning view."""
+    path = f"#/experiments/{experiment_id}/runs" if experiment_id else "#/experiments"
+    return f"{base}/{path}?workflowType=machine_learning"
+
+
+def summary_text(metrics: dict, config: dict, experiment_dir, tracking_uri, experiment_id: str | None = None) -> str:
     """metrics: the reported row of the best trial's best epoch; config: its trial's config."""
     lines = ["", "=" * 72, "Best trial", "=" * 72,
              f"trial            {metrics.get('trial_id')}  (epoch {metrics.get('epoch')})"]
@@ -28,7 +35,8 @@ def summary_text(metrics: dict, config: dict, experiment_dir, tracking_uri) -> s
     lines += ["parameters:"]
     lines += [f"  {k:<28} {v}" for k, v in sorted(flatten(config).items()) if k not in ("data_dir", "preproc_csv")]
     lines += [f"experiment dir   {experiment_dir}",
-              f"MLflow UI        mlflow ui --backend-store-uri {tracking_uri}"]
+              f"MLflow UI        mlflow ui --backend-store-uri {tracking_uri}",
+              f"                 then open the training runs: {runs_page(experiment_id)}"]
     return "\n".join(lines)
 
 
