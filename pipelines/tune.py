@@ -181,8 +181,14 @@ def quiet_console(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # the driver's core worker writes straight to stderr (e.g. ray-project/ray#53727's notice about Ray Data's
+    # actors): fatal errors only; Python-level errors still raise
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     for name in ("ray", "ray.data", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory"
 
 
 def check_embedder_weights(embedder: str, data_dir, preprocess_out=None) -> None:
