@@ -229,10 +229,16 @@ PARTS = ("clustering", "embedding", "metric", "training", "data-wait", "validati
 def run_bench(quick: bool, only: list[str] | None = None) -> list[dict]:
     from imgrestore import gpu_bench
 
-    benches = [("(a) clustering", gpu_bench.bench_clustering), ("(b) embedding", gpu_bench.bench_embedding),
-               ("(c) validation metric", gpu_bench.bench_metric)]
-    benches += [(name, fn) for name, fn in gpu_bench.TRAINING_BENCHES.items()]  # (d)-(g): the training code
-    benches = [b for part, b in zip(PARTS, benches) if not only or part in only]
+    t = gpu_bench.TRAINING_BENCHES  # (d)-(g): the training code
+    by_part = {"clustering": ("(a) clustering", gpu_bench.bench_clustering),
+               "embedding": ("(b) embedding", gpu_bench.bench_embedding),
+               "metric": ("(c) validation metric", gpu_bench.bench_metric),
+               "training": (gpu_bench.TRAIN_NAME, t[gpu_bench.TRAIN_NAME]),
+               "data-wait": (gpu_bench.DATA_WAIT_NAME, t[gpu_bench.DATA_WAIT_NAME]),
+               "validation": (gpu_bench.VALIDATION_NAME, t[gpu_bench.VALIDATION_NAME]),
+               "search": (gpu_bench.SEARCH_NAME, t[gpu_bench.SEARCH_NAME])}
+    assert set(by_part) == set(PARTS)
+    benches = [by_part[part] for part in PARTS if not only or part in only]
     rows = []
     for title, fn in benches:
         t = time.perf_counter()

@@ -181,9 +181,6 @@ def quiet_console(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # the driver's core worker writes straight to stderr (e.g. ray-project/ray#53727's notice about Ray Data's
-    # actors): fatal errors only; Python-level errors still raise
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     for name in ("ray", "ray.data", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import optuna

@@ -64,3 +64,10 @@ def test_lock_luma_torch_matches_numpy():
     want = np.stack([lock_luma(rgb[i], gray[i], keep[i]) for i in range(3)])
     got = lock_luma_torch(torch.from_numpy(rgb).permute(0, 3, 1, 2), torch.from_numpy(gray), torch.from_numpy(keep))
     assert np.array_equal(got.permute(0, 2, 3, 1).numpy(), want)
+
+
+@pytest.mark.parametrize("metric", ["numpy", "torch"])
+def test_nothing_to_score_is_no_calibration_and_no_crash(val_set, metric):
+    model = _coloured_model()
+    got, grid = evaluate(model, val_set, "cpu", 0, 2, metric=metric)
+    assert got == {} and grid == [] and model.chroma_gain == 1.0

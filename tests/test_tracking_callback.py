@@ -145,7 +145,7 @@ def test_best_epoch_is_kept_across_a_resume(logger, tmp_path):
 
 def test_trial_runs_say_what_they_are_and_how_they_ended(tmp_path):
     """Named from the config, source-tagged, the training split as dataset input, and tagged with how each
-    trial ended (completed, stopped early by the scheduler, failed) and its epochs."""
+    trial ended (completed, stopped early, failed) and its epochs."""
     import pandas as pd
 
     from imgrestore.tuning.search import split_dataset
@@ -173,7 +173,7 @@ def test_trial_runs_say_what_they_are_and_how_they_ended(tmp_path):
     assert runs[done.trial_id].info.run_name == "unet w4 lr 1.0e-03 [abc_00000]"
     ends = {k: (r.data.tags["imgrestore.end"], r.data.tags["imgrestore.epochs"], r.info.status) for k, r in runs.items()}
     assert ends == {"abc_00000": ("completed", "3", "FINISHED"),
-                    "abc_00001": ("stopped early by the scheduler after 1 of 3 epochs", "1", "FINISHED"),
+                    "abc_00001": ("stopped early after 1 of 3 epochs (scheduler or stop criterion)", "1", "FINISHED"),
                     "abc_00002": ("failed", "2", "FAILED")}
     for run in runs.values():
         assert run.data.tags["mlflow.source.type"] == "LOCAL" and "mlflow.source.name" in run.data.tags

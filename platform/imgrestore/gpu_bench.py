@@ -601,7 +601,8 @@ def bench_training_throughput(quick: bool = False) -> list[dict]:
     warmup, steps = (QUICK["warmup"], QUICK["steps"]) if quick else (FULL["warmup"], FULL["steps"])
     any_cfg = training_cfg(measured[0])
     dataset = RestorationDataset(frame, size, train=True, extra_damage=any_cfg["extra_damage"], flip=any_cfg["flip"])
-    batches = _batches_of(dataset, bs, 2, pin=gpu, prefill=_prefill_of(any_cfg))
+    by_prefill = {_prefill_of(any_cfg): _batches_of(dataset, bs, 2, pin=gpu, prefill=_prefill_of(any_cfg))}
+    batches = by_prefill[_prefill_of(any_cfg)]
     amps = ("auto", "fp32") if gpu else ("fp32",)
     cells: dict = {}
     peaks = []  # (dtype, peak GiB or inf for out of memory, reserved GiB, which configuration)
@@ -610,8 +611,11 @@ def bench_training_throughput(quick: bool = False) -> list[dict]:
         for m in measured:
             cfg = training_cfg(m)
             key = (m["name"], dtype)
+            if _prefill_of(cfg) not in by_prefill:  # each model gets the fill it would compute itself
+                by_prefill[_prefill_of(cfg)] = _batches_of(dataset, bs, 2, pin=gpu, prefill=_prefill_of(cfg))
             try:
-                r = _time_training(m, cfg, device, amp, batches, warmup, steps, class_weights(cfg))
+                r = _time_training(m, cfg, device, amp, by_prefill[_prefill_of(cfg)], warmup, steps,
+                                   class_weights(cfg))
             except torch.cuda.OutOfMemoryError:
                 r = None
             except Exception as e:  # one configuration failing must not hide the others

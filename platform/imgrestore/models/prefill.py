@@ -18,9 +18,10 @@ Methods (``PREFILLS``):
 OpenCV works on uint8 images on the CPU, outside autograd: the fill is an input, not something to learn through.
 Known pixels are returned exactly as given. The images of a batch are filled in parallel threads (OpenCV
 releases the GIL), as many as torch's CPU threads. Training goes further: ``PrefillCollate`` fills each batch
-in the DataLoader's worker processes and the model takes the fill as an input (``Restorer.forward(filled=)``),
-so the GPU never waits for it (inside the step, one thread at a time, it was 154 ms of a ~230 ms step at
-512 px, batch 8, on an H200: docs/benchmarks.md, "GPU").
+where the DataLoader assembles it and the model takes the fill as an input (``Restorer.forward(filled=)``):
+with ``num_workers`` > 0 that is in the worker processes, beside the GPU's step instead of inside it (there,
+one thread at a time, it was 154 ms of a ~230 ms step at 512 px, batch 8, on an H200: docs/benchmarks.md,
+"GPU"); with ``num_workers: 0`` it still runs in the training process, between steps.
 """
 from __future__ import annotations
 
@@ -90,9 +91,8 @@ def classical_fill(gray: torch.Tensor, mask: torch.Tensor, method: str, radius: 
     """``inpaint_uint8`` over a (B,1,H,W) batch; known pixels keep their exact float values."""
     g = (gray.detach().float() * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
     m = (mask.detach() > 0.5).cpu().numpy()
-    workers = min(len(g), torch.get_num_threads())
-    if workers > 1:
-        filled = list(_pool(workers).map(lambda i: inpaint_uint8(g[i, 0], m[i, 0], method, radius), range(len(g))))
+    if min(len(g), torch.get_num_threads()) > 1:
+        filled = list(_pool(torch.get_num_threads()).map(lambda i: inpaint_uint8(g[i, 0], m[i, 0], method, radius), range(len(g))))
     else:
         filled = [inpaint_uint8(g[i, 0], m[i, 0], method, radius) for i in range(len(g))]
     filled = np.stack(filled)[:, None]

@@ -18,7 +18,7 @@ metric) as the tag `best_epoch` and its grid as the artifact `best_val_restorati
 an epoch improves on it: when the trial ends it is the best epoch's.
 Runs are named from their config (family, chroma head, width, depth, learning rate, trial id), carry MLflow's
 source tags (script, user, git commit) and the training split as a dataset input, and when a trial ends the
-tags `imgrestore.end` (completed / stopped early by the scheduler / failed) and `imgrestore.epochs`.
+tags `imgrestore.end` (completed / stopped early / failed) and `imgrestore.epochs`.
 """
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ class MLflowTrialLogger(tune.Callback):
         last = trial.last_result or {}
         epochs, planned = int(last.get("epoch", 0)), trial.config.get("epochs")
         if isinstance(planned, (int, float)) and epochs < planned and last.get("train_images_per_s", 1) > 0:
-            end = f"stopped early by the scheduler after {epochs} of {int(planned)} epochs"
+            end = f"stopped early after {epochs} of {int(planned)} epochs (scheduler or stop criterion)"
         else:
             end = "completed"
         self._end(trial, end, epochs, RunStatus.FINISHED)

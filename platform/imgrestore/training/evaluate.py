@@ -72,6 +72,8 @@ def _score_torch(model, batches, gain, hole) -> dict:
         pred = quantize(model.compose(y, chroma, mask, gain, hole))
         pred = lock_luma_torch(pred, quantize(gray[:, 0]), mask[:, 0] < 0.5)
         got.append(score_batch_torch(gt, pred, mask))
+    if not got:
+        return {k: np.empty(0) for k in KEYS}
     return {k: torch.cat([g[k] for g in got]).cpu().numpy() for k in KEYS}
 
 
@@ -105,7 +107,7 @@ def evaluate(model, dataset, device, limit: int, n_grid: int, calibrate: bool = 
     def mean_score(batches, gain, hole) -> float:
         return float(np.mean(score(model, batches, gain, hole)["score"]))
 
-    has_colour = getattr(model, "chroma_mode", "none") != "none"
+    has_colour = getattr(model, "chroma_mode", "none") != "none" and bool(outputs)  # nothing to score: no calibration
     extra = {}
     if has_colour and calibrate:  # the gain first (colour as it is inside the hole), then the hole's factor
         sub = _first(outputs, calibration_images)
