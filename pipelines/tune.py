@@ -144,6 +144,9 @@ def run(args) -> int:
               f"{' '.join(_resume_args(args, e.experiment_dir))}", file=sys.stderr)
         return 130
     print(trials_table(outcome.results, space.metric, space.mode))
+    for result in outcome.results:  # ended by the training loop itself: said here, not buried in a log
+        if (result.metrics or {}).get("out_of_memory"):
+            print(f"warning: trial {result.metrics.get('trial_id')}: {result.metrics.get('error')}", file=sys.stderr)
 
     client = MlflowClient(tracking_uri)
     print("[3/3] champion and submission", flush=True)

@@ -46,8 +46,8 @@ def test_latest_experiment_orders_by_time_old_and_new_names(tmp_path):
 
 
 class _Result:
-    def __init__(self, error=None):
-        self.error = error
+    def __init__(self, error=None, metrics=None):
+        self.error, self.metrics = error, metrics
 
 
 class _Grid:
@@ -76,6 +76,9 @@ def test_no_score_names_the_first_trial_error():
     assert trace in text and "second" not in text
     with pytest.raises(RuntimeError, match=r"no trial reported 'score' \(1 trial\(s\), none failed\)"):
         best_checkpoint(_Grid([_Result()]), "score", "max")
+    oom = _Result(metrics={"out_of_memory": 1.0, "error": "out of memory in epoch 1 (...)"})
+    with pytest.raises(RuntimeError, match=r"1 of 2 trial\(s\) ran out of memory; the first: out of memory in epoch 1"):
+        best_checkpoint(_Grid([_Result(), oom]), "score", "max")
 
 
 def test_resume_with_another_split_is_an_error(tmp_path):

@@ -179,3 +179,15 @@ def test_trial_runs_say_what_they_are_and_how_they_ended(tmp_path):
         assert run.data.tags["mlflow.source.type"] == "LOCAL" and "mlflow.source.name" in run.data.tags
         (ds,) = run.inputs.dataset_inputs
         assert ds.dataset.name == "data split" and ds.tags[0].value == "training"
+
+
+def test_a_trial_out_of_memory_is_tagged_failed_with_its_error(logger):
+    trial = FakeTrial("abc_00003")
+    result = tune_result(1, 0.5, 0.5)
+    logger.on_trial_result(iteration=1, trials=[trial], trial=trial, result=result)
+    trial.last_result = {**tune_result(2, float("-inf"), 0.5), "out_of_memory": 1.0,
+                         "error": "out of memory in epoch 2 (...): lower batch_size"}
+    logger.on_trial_complete(iteration=2, trials=[], trial=trial)
+    run = logger.client.get_run(logger.runs[trial.trial_id])
+    assert run.info.status == "FAILED" and run.data.tags["imgrestore.end"] == "out of memory in epoch 2, not retried"
+    assert run.data.tags["imgrestore.epochs"] == "1" and "lower batch_size" in run.data.tags["imgrestore.error"]

@@ -176,6 +176,29 @@ def test_only_rank_zero_validates_under_data_parallel(tiny_dacon, preproc_csv, m
     assert all("score" not in m and "train_loss" in m and files == [] for m, files in seen)
 
 
+def test_out_of_memory_ends_the_trial_with_a_clear_report_and_no_retry(tiny_dacon, preproc_csv, monkeypatch, capsys):
+    """A trial that runs out of (GPU) memory reports it (score -inf, no checkpoint) and returns normally, so Tune
+    ends it instead of retrying a configuration that cannot fit."""
+    import math
+
+    from imgrestore.training import loop
+
+    real, seen = loop.train_step, []
+
+    def step(*a, **k):
+        if seen:  # in epoch 2, once epoch 1 has reported
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    last = train(config(tiny_dacon, preproc_csv, epochs=3), lambda m, c: seen.append((m, c)))
+    assert [m["epoch"] for m, _ in seen] == [1, 2] and seen[0][1] is not None and seen[1][1] is None
+    assert last is seen[1][0] and last["out_of_memory"] == 1.0 and last["score"] == -math.inf
+    assert last["best_score"] == seen[0][0]["best_score"]
+    assert "out of memory in epoch 2" in last["error"] and "batch_size 4" in last["error"]
+    assert "not retried" in capsys.readouterr().err
+
+
 def test_amp_setting_is_checked(tiny_dacon, preproc_csv):
     with pytest.raises(ValueError, match="amp must be one of"):
         train(config(tiny_dacon, preproc_csv, amp="fp8"), lambda m, c: None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ DEFAULTS = {
     "n_samples_grid": 4,         # validation restorations drawn into the sample grid
 }
 
-Report = Callable[[dict, str], None]  # (metrics, checkpoint directory)
+Report = Callable[[dict, "str | None"], None]  # (metrics, checkpoint directory, or None: no checkpoint)
 
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
@@ -185,6 +186,20 @@ def chroma_class_weights(dataset: RestorationDataset, bins, mix: float, max_imag
     return bins.rebalance_weights(counts, mix)
 
 
+def out_of_memory(report: Report, cfg: dict, epoch: int, best: float, error: BaseException) -> dict:
+    """End a trial that ran out of (GPU) memory: report it (score -inf, `out_of_memory` 1, no checkpoint) and
+    return normally, so that Tune ends the trial instead of retrying a configuration that cannot fit."""
+    message = (f"out of memory in epoch {epoch + 1} (model {cfg['model']}, batch_size {cfg['batch_size']}, "
+               f"image_size {cfg['image_size']}, amp {cfg['amp']}): lower batch_size, image_size or the model's "
+               f"size; this trial is not retried. {str(error).splitlines()[0] if str(error) else ''}")
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    metrics = {"epoch": epoch + 1, "score": -math.inf, "best_score": best, "out_of_memory": 1.0, "error": message}
+    report(metrics, None)
+    return metrics
+
+
 def _main_rank() -> bool:
     """True unless this is a data-parallel worker other than rank 0 (validation would only repeat rank 0's)."""
     dist = torch.distributed
@@ -260,46 +275,49 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
                              autocast)  # the same images as every epoch's grid
     metrics = {}
     for epoch in range(start_epoch, epochs):
-        net.train()
-        train_ds.set_epoch(epoch)
-        shuffle_rng.manual_seed(seed * 100_003 + epoch)
-        if sampler is not None:
-            sampler.generator.manual_seed(seed * 100_003 + epoch)
-        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-            loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
-        t0, seen, loss_sum, part_sums = time.perf_counter(), 0, 0.0, {}
-        lr = scheduler.get_last_lr()[0]  # the epoch's starting rate (after the last step it is ~0: cosine)
-        for batch in (loader if trainable else ()):
-            gray, mask, rgb, *filled = (t.to(device, non_blocking=True) for t in batch)
-            loss, parts = train_step(net, gray, mask, rgb, cfg, loss_fn, optimizer, scaler, scheduler, autocast,
-                                     bins, class_weights, where=f"epoch {epoch + 1}",
-                                     filled=filled[0] if filled else None)
-            seen += gray.shape[0]
-            loss_sum += loss.item() * gray.shape[0]
-            for k, v in parts.items():
-                part_sums[k] = part_sums.get(k, 0.0) + float(v) * gray.shape[0]
-        train_time = time.perf_counter() - t0
+        try:
+            net.train()
+            train_ds.set_epoch(epoch)
+            shuffle_rng.manual_seed(seed * 100_003 + epoch)
+            if sampler is not None:
+                sampler.generator.manual_seed(seed * 100_003 + epoch)
+            if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+                loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
+            t0, seen, loss_sum, part_sums = time.perf_counter(), 0, 0.0, {}
+            lr = scheduler.get_last_lr()[0]  # the epoch's starting rate (after the last step it is ~0: cosine)
+            for batch in (loader if trainable else ()):
+                gray, mask, rgb, *filled = (t.to(device, non_blocking=True) for t in batch)
+                loss, parts = train_step(net, gray, mask, rgb, cfg, loss_fn, optimizer, scaler, scheduler, autocast,
+                                         bins, class_weights, where=f"epoch {epoch + 1}",
+                                         filled=filled[0] if filled else None)
+                seen += gray.shape[0]
+                loss_sum += loss.item() * gray.shape[0]
+                for k, v in parts.items():
+                    part_sums[k] = part_sums.get(k, 0.0) + float(v) * gray.shape[0]
+            train_time = time.perf_counter() - t0
 
-        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                   **{f"loss_{k}": v / max(seen, 1) for k, v in part_sums.items()},
-                   "train_images_per_s": seen / max(train_time, 1e-9), "train_time_s": train_time, "lr": lr}
-        if not main_rank:  # data-parallel: rank 0 validates and checkpoints; the others only report the epoch
-            with tempfile.TemporaryDirectory(prefix="imgrestore-rank-") as d:
+            metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                       **{f"loss_{k}": v / max(seen, 1) for k, v in part_sums.items()},
+                       "train_images_per_s": seen / max(train_time, 1e-9), "train_time_s": train_time, "lr": lr}
+            if not main_rank:  # data-parallel: rank 0 validates and checkpoints; the others only report the epoch
+                with tempfile.TemporaryDirectory(prefix="imgrestore-rank-") as d:
+                    report(metrics, d)
+                continue
+            t1 = time.perf_counter()  # on a GPU the metric runs there, batched (evaluate's metric="auto")
+            val, grid_rows = evaluate(model, val_ds, device, int(cfg["max_val_images"]), int(cfg["n_samples_grid"]),
+                                      calibrate=bool(cfg["calibrate_gain"]), autocast=autocast)
+            best = max(best, val.get("score", -math.inf))
+            metrics = {**val, **metrics, "val_time_s": time.perf_counter() - t1, "best_score": best}
+
+            with tempfile.TemporaryDirectory(prefix="imgrestore-ckpt-") as d:
+                save_model(model, d)
+                (Path(d) / TRIAL_CONFIG).write_text(json.dumps(cfg, indent=2, default=str))
+                save_train_state(d, epoch, optimizer, scheduler, {"best_score": best})
+                if grid_rows:
+                    restoration_grid(grid_rows, Path(d) / "val_samples.png")
+                if before and epoch == 0:
+                    restoration_grid(before, Path(d) / "val_samples_untrained.png")
                 report(metrics, d)
-            continue
-        t1 = time.perf_counter()  # on a GPU the metric runs there, batched (evaluate's metric="auto")
-        val, grid_rows = evaluate(model, val_ds, device, int(cfg["max_val_images"]), int(cfg["n_samples_grid"]),
-                                  calibrate=bool(cfg["calibrate_gain"]), autocast=autocast)
-        best = max(best, val.get("score", -math.inf))
-        metrics = {**val, **metrics, "val_time_s": time.perf_counter() - t1, "best_score": best}
-
-        with tempfile.TemporaryDirectory(prefix="imgrestore-ckpt-") as d:
-            save_model(model, d)
-            (Path(d) / TRIAL_CONFIG).write_text(json.dumps(cfg, indent=2, default=str))
-            save_train_state(d, epoch, optimizer, scheduler, {"best_score": best})
-            if grid_rows:
-                restoration_grid(grid_rows, Path(d) / "val_samples.png")
-            if before and epoch == 0:
-                restoration_grid(before, Path(d) / "val_samples_untrained.png")
-            report(metrics, d)
+        except torch.OutOfMemoryError as e:  # the same configuration would only run out again: no retry
+            return out_of_memory(report, cfg, epoch, best, e)
     return metrics

@@ -374,6 +374,10 @@ def best_checkpoint(results: tune.ResultGrid, metric: str, mode: str):
 
 def _no_score_message(results: tune.ResultGrid, metric: str) -> str:
     errors = [r.error for r in results if r.error is not None]
+    oom = [r.metrics["error"] for r in results if (getattr(r, "metrics", None) or {}).get("out_of_memory")]
+    if oom:  # ended, not failed: see imgrestore.training.loop.out_of_memory
+        return f"no trial reported a finite '{metric}': {len(oom)} of {len(results)} trial(s) ran out of memory; " \
+               f"the first: {oom[0]}"
     if not errors:
         return f"no trial reported '{metric}' ({len(results)} trial(s), none failed)"
     first = re.sub(r"\x1b\[[0-9;]*m", "", str(errors[0]))  # Ray colours the failed task's name for terminals

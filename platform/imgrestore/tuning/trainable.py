@@ -24,9 +24,9 @@ from imgrestore.data.io import write_text
 from imgrestore.training.loop import train
 
 
-def _report_to_tune(metrics: dict, checkpoint_dir: str) -> None:
+def _report_to_tune(metrics: dict, checkpoint_dir: str | None) -> None:
     metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
-    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
 
 def node_local_split(config: dict, split_csv: str | None) -> dict:
@@ -60,10 +60,11 @@ def _train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    def report(metrics: dict, checkpoint_dir: str) -> None:
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
         # every worker reports; only rank 0 hands over its checkpoint (the weights are identical under DDP)
         rank0 = ray.train.get_context().get_world_rank() == 0
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if rank0 else None)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if rank0 and checkpoint_dir else None)
 
     split_ref = config.pop("_split_csv", None)
     config = node_local_split(config, ray.get(split_ref) if split_ref is not None else None)
