@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 import time
@@ -25,13 +24,16 @@ sys.path.insert(0, str(ROOT / "platform"))
 
 import torch  # noqa: E402
 
-from imgrestore.benchmarking.report import _children_map, _pss_mb  # noqa: E402
+from imgrestore.benchmarking.report import _children_map, _pss_mb, write_sections  # noqa: E402
 from imgrestore.data.build import BuildConfig, build_dataset  # noqa: E402
 from imgrestore.data.embedded import bundled_photos  # noqa: E402
 from imgrestore.gpu_bench import _train_frame  # noqa: E402
 from imgrestore.models import create_model  # noqa: E402
 from imgrestore.training.data import RestorationDataset  # noqa: E402
 from imgrestore.training.loop import train_loader, with_defaults  # noqa: E402
+
+
+SECTION = "## DataLoader worker memory"
 
 
 def rss_mb(pid: int) -> float:
@@ -69,7 +71,7 @@ def measure(size: int, n_train: int, workers: int, batch: int, epochs: int) -> t
 
 def section(rows: list[dict], args, build_s: float) -> str:
     cmd = "python benchmarks/loader_memory.py " + " ".join(sys.argv[1:])
-    lines = ["## DataLoader worker memory", "",
+    lines = [SECTION, "",
              f"`{cmd.strip()}` on {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}: loop.train_loader over "
              f"{args.train} synthetic {args.size} px pairs (built in {build_s:.0f} s), num_workers {args.workers}, "
              f"batch {args.batch}, extra_damage 0.7, the Telea prefill in the workers; per epoch the largest "
@@ -79,15 +81,6 @@ def section(rows: list[dict], args, build_s: float) -> str:
     lines += [f"| {r['epoch']} | {r['images_per_s']:.1f} | {r['worker_rss']:.0f} MB | {r['worker_pss_first']:.0f} MB | "
               f"{r['worker_pss']:.0f} MB | {r['main_pss']:.0f} MB |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def write_docs(path: Path, text: str) -> None:
-    doc = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(r"^## DataLoader worker memory\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(doc)
-    tmp.replace(path)
 
 
 def main(argv=None) -> int:
@@ -103,7 +96,7 @@ def main(argv=None) -> int:
     text = section(rows, args, build_s)
     print(text)
     if args.write_docs:
-        write_docs(Path(args.write_docs), text)
+        write_sections(args.write_docs, {SECTION: text})
         print(f"wrote the section into {args.write_docs}")
     return 0
 

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
 
     with Server(args.store) as srv:
         try:
-            inspect(srv, args, out, check)
+            run_checks(srv, args, out, check)
         except Exception as e:  # noqa: BLE001 - a store without what is checked: say so, as a failed check
             check("the store holds a finished search", False, f"{type(e).__name__}: {e}")
     if not checks:
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
-def inspect(srv: Server, args, out: Path, check) -> None:
+def run_checks(srv: Server, args, out: Path, check) -> None:
     """The REST API and browser checks (module doc); each result goes to `check(name, ok, detail)`."""
     exp = srv.get("experiments/get-by-name", experiment_name=args.experiment)["experiment"]
     runs = srv.post("runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]

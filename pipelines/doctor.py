@@ -23,7 +23,6 @@ import argparse
 import importlib.util
 import os
 import platform
-import re
 import sqlite3
 import sys
 import time
@@ -277,11 +276,9 @@ def gpu_section(report: dict, rows: list[dict], argv: list[str], only: list[str]
 
 def write_docs(path: Path, section: str) -> None:
     """Replace the file's section with the same heading as `section` (up to the next '## ' heading), or append it."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    heading = section.splitlines()[0]
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    from imgrestore.benchmarking.report import write_sections
+
+    write_sections(path, {section.splitlines()[0]: section})
 
 
 def main(argv=None) -> int:

@@ -120,7 +120,6 @@ def run(args) -> int:
     dataset = load_dataset(data_dir)  # validates (fully decodes) every file before any work starts
     embedder = args.embedder or ("effnet-lite0" if not args.data else "clip:geolocal/StreetCLIP")
     check_embedder_weights(embedder, data_dir, args.preprocess_out)
-    quiet_console(args.verbose)
     start_ray(args.ray_address, args.verbose)
 
     # 1. preprocess: embeddings -> scene clusters -> leakage-free folds (skipped when up to date)
@@ -173,8 +172,7 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
     also every other Ray on this machine, another search's included."""
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.ERROR)
-    if not verbose:
-        quiet_console(verbose)  # Ray sets its loggers' levels again when it starts
+    quiet_console(verbose)  # after ray.init, which sets its loggers' levels again
 
 
 def quiet_console(verbose: bool) -> None:

@@ -82,7 +82,6 @@ def bench_clustering(quick: bool = False) -> list[dict]:
     shape = f"{n} x {d}, {k} clusters"
     names = {"cpu": "UMAP + HDBSCAN, cpu (umap-learn + hdbscan)", "cuml": "UMAP + HDBSCAN, cuml (RAPIDS)"}
     try:
-        import numpy as np
         from sklearn.metrics import adjusted_rand_score
 
         from imgrestore.clustering.scene_clusters import SceneClusterer, cuml_available
@@ -576,25 +575,36 @@ def _prefill_of(cfg: dict) -> tuple:
     return str(cfg["model"].get("prefill", "telea")), int(cfg["model"].get("prefill_radius", 5))
 
 
+def _training_start(name: str, quick: bool):
+    """What (d)-(f) start with: on a CPU without --quick, or without torch or the synthetic set, the row that
+    says so (a list: return it); else (gpu, device, _training_parts(quick))."""
+    gpu = cuda_available()
+    if not gpu and not quick:
+        return [row(name, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
+    try:
+        import torch
+
+        parts = _training_parts(quick)
+    except Exception as e:
+        return [row(name, missing(e))]
+    return gpu, torch.device("cuda" if gpu else "cpu"), parts
+
+
 def bench_training_throughput(quick: bool = False) -> list[dict]:
     """(d) Training images/s and peak GPU memory of every dacon.yaml model configuration (family x chroma head x
     width x depth) at 512 px, batch 8, in the autocast dtype training uses (bf16; fp16 where bf16 is not native)
     and in fp32, with dacon.yaml's most expensive loss; each flagged when its peak is over 24 GiB."""
-    gpu = cuda_available()
+    start = _training_start(TRAIN_NAME, quick)
+    if isinstance(start, list):
+        return start
+    gpu, device, (config, how, setting, training_cfg, frame, class_weights, build_s) = start
+    import torch
+
+    from imgrestore.models.prefill import prefill
+    from imgrestore.training.data import RestorationDataset
+    from imgrestore.training.loop import autocast_dtype
+
     check = f"{TRAIN_NAME}, {LIMIT_GIB:g} GiB check"
-    if not gpu and not quick:
-        return [row(TRAIN_NAME, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
-    try:
-        import torch
-
-        from imgrestore.models.prefill import prefill
-        from imgrestore.training.data import RestorationDataset
-        from imgrestore.training.loop import autocast_dtype
-
-        config, how, setting, training_cfg, frame, class_weights, build_s = _training_parts(quick)
-    except Exception as e:
-        return [row(TRAIN_NAME, missing(e))]
-    device = torch.device("cuda" if gpu else "cpu")
     grid = model_grid(config)
     measured = _one_per_family(grid) if quick else grid
     size, bs = setting["size"], setting["batch_size"]
@@ -680,19 +690,15 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
     """(e) The share of a training step spent blocked on the DataLoader (next(iter)), with dacon.yaml's
     num_workers and pin_memory, for each family's cheapest configuration (the fastest step: the worst case;
     --quick: the first family only)."""
-    gpu = cuda_available()
-    if not gpu and not quick:
-        return [row(DATA_WAIT_NAME, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
-    try:
-        import torch
+    start = _training_start(DATA_WAIT_NAME, quick)
+    if isinstance(start, list):
+        return start
+    gpu, device, (config, how, setting, training_cfg, frame, class_weights, build_s) = start
+    import torch
 
-        from imgrestore.training.data import RestorationDataset
-        from imgrestore.training.loop import train_loader
+    from imgrestore.training.data import RestorationDataset
+    from imgrestore.training.loop import train_loader
 
-        config, how, setting, training_cfg, frame, class_weights, build_s = _training_parts(quick)
-    except Exception as e:
-        return [row(DATA_WAIT_NAME, missing(e))]
-    device = torch.device("cuda" if gpu else "cpu")
     grid = model_grid(config)
     size, bs = setting["size"], setting["batch_size"]
     steps = QUICK["steps"] if quick else FULL["wait_steps"]
@@ -754,19 +760,15 @@ def bench_validation_epoch(quick: bool = False) -> list[dict]:
     calibration, scoring) on dacon.yaml's max_val_images at 512 px with the metric training uses on this device
     (the torch metric, batched on a GPU), the CPU metric on a subset for comparison (the same images scored by
     both: the scores must agree), and the share of an epoch it takes next to training a DACON-sized epoch."""
-    gpu = cuda_available()
-    if not gpu and not quick:
-        return [row(VALIDATION_NAME, NO_GPU, "on a CPU, --quick measures a tiny fp32 version")]
-    try:
-        import torch
+    start = _training_start(VALIDATION_NAME, quick)
+    if isinstance(start, list):
+        return start
+    gpu, device, (config, how, setting, training_cfg, frame, class_weights, build_s) = start
+    import torch
 
-        from imgrestore.training.data import RestorationDataset
-        from imgrestore.training.evaluate import GAIN_GRID, HOLE_GRID, evaluate, metric_backend
+    from imgrestore.training.data import RestorationDataset
+    from imgrestore.training.evaluate import GAIN_GRID, HOLE_GRID, evaluate, metric_backend
 
-        config, how, setting, training_cfg, frame, class_weights, build_s = _training_parts(quick)
-    except Exception as e:
-        return [row(VALIDATION_NAME, missing(e))]
-    device = torch.device("cuda" if gpu else "cpu")
     grid = model_grid(config)
     family = "unet" if "unet" in _families(grid) else _families(grid)[0]
     m = _smallest(grid, family)

@@ -32,8 +32,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import default_collate
 
 PREFILLS = ("none", "pushpull", "telea", "ns", "fsr")
+CPU_PREFILLS = ("telea", "ns", "fsr")  # OpenCV on the CPU: worth moving off a GPU's training step
 
 
 def push_pull(gray: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -91,10 +93,12 @@ def classical_fill(gray: torch.Tensor, mask: torch.Tensor, method: str, radius: 
     """``inpaint_uint8`` over a (B,1,H,W) batch; known pixels keep their exact float values."""
     g = (gray.detach().float() * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
     m = (mask.detach() > 0.5).cpu().numpy()
-    if min(len(g), torch.get_num_threads()) > 1:
-        filled = list(_pool(torch.get_num_threads()).map(lambda i: inpaint_uint8(g[i, 0], m[i, 0], method, radius), range(len(g))))
-    else:
-        filled = [inpaint_uint8(g[i, 0], m[i, 0], method, radius) for i in range(len(g))]
+    def fill(i: int) -> np.ndarray:
+        return inpaint_uint8(g[i, 0], m[i, 0], method, radius)
+
+    threads = torch.get_num_threads()
+    many = min(len(g), threads) > 1
+    filled = list(_pool(threads).map(fill, range(len(g))) if many else map(fill, range(len(g))))
     filled = np.stack(filled)[:, None]
     filled = torch.from_numpy(filled).to(device=gray.device, dtype=gray.dtype) / 255
     return gray * (1 - mask) + filled * mask
@@ -106,12 +110,9 @@ def prefill(gray: torch.Tensor, mask: torch.Tensor, method: str, radius: int = 5
         return gray
     if method == "pushpull":
         return push_pull(gray, mask)
-    if method in ("telea", "ns", "fsr"):
+    if method in CPU_PREFILLS:
         return classical_fill(gray, mask, method, radius)
     raise ValueError(f"prefill must be one of {PREFILLS}, got {method!r}")
-
-
-CPU_PREFILLS = ("telea", "ns", "fsr")  # OpenCV on the CPU: worth moving off a GPU's training step
 
 
 class PrefillCollate:
@@ -124,7 +125,5 @@ class PrefillCollate:
         self.method, self.radius = method, int(radius)
 
     def __call__(self, items):
-        from torch.utils.data import default_collate
-
         gray, mask, rgb = default_collate(items)
         return gray, mask, rgb, classical_fill(gray, mask, self.method, self.radius)

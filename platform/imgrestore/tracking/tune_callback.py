@@ -206,8 +206,8 @@ class MLflowTrialLogger(tune.Callback):
         last = trial.last_result or {}
         epochs, planned = int(last.get("epoch", 0)), trial.config.get("epochs")
         if last.get("out_of_memory"):  # ended by the loop itself, not retried (training.loop.out_of_memory)
-            self._end(trial, f"out of memory in epoch {epochs}, not retried", epochs - 1, RunStatus.FAILED)
             self.client.set_tag(self.run_id(trial), "imgrestore.error", str(last.get("error", ""))[:5000])
+            self._end(trial, f"out of memory in epoch {epochs}, not retried", epochs - 1, RunStatus.FAILED)
             return
         if isinstance(planned, (int, float)) and epochs < planned and last.get("train_images_per_s", 1) > 0:
             end = f"stopped early after {epochs} of {int(planned)} epochs (scheduler or stop criterion)"

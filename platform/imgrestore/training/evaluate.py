@@ -107,7 +107,8 @@ def evaluate(model, dataset, device, limit: int, n_grid: int, calibrate: bool = 
     def mean_score(batches, gain, hole) -> float:
         return float(np.mean(score(model, batches, gain, hole)["score"]))
 
-    has_colour = getattr(model, "chroma_mode", "none") != "none" and bool(outputs)  # nothing to score: no calibration
+    # nothing to score: no calibration either
+    has_colour = getattr(model, "chroma_mode", "none") != "none" and bool(outputs)
     extra = {}
     if has_colour and calibrate:  # the gain first (colour as it is inside the hole), then the hole's factor
         sub = _first(outputs, calibration_images)
