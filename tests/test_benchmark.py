@@ -225,3 +225,39 @@ def test_bad_input_is_an_error_line_before_any_work(tmp_path, capsys):
     assert benchmark.main(["--rerender", *work]) == 2
     assert "not a saved benchmark result" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["last_result.pkl"]  # nothing built
+
+
+def test_hue_specification_moves_hues_onto_the_target_histogram():
+    """benchmarks/hue_headroom.py: chroma keeps its magnitudes; its hue histogram becomes the target's."""
+    import importlib.util
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from imgrestore.models.color import compose_rgb
+
+    spec = importlib.util.spec_from_file_location("hue_headroom", ROOT / "benchmarks" / "hue_headroom.py")
+    hue = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hue)
+    rng = np.random.default_rng(0)
+    chroma = rng.normal(0, 0.15, (2, 24, 24))
+    table = hue.HueOfChroma()
+
+    def rgb_of(c):
+        out = compose_rgb(torch.full((1, 1, 24, 24), 0.5), torch.from_numpy(c[None]).float())[0]
+        return (out.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    target = np.zeros(180)
+    target[[20, 110]] = [1, 3]  # a quarter of the pixels at hue 20, the rest at 110
+    moved = table.specify(chroma, target)
+    assert np.allclose(np.hypot(*moved), np.hypot(*chroma))
+    h = hue.hue_histogram(rgb_of(moved))
+    assert h[18:23].sum() == pytest.approx(144, abs=8) and h[108:113].sum() == pytest.approx(432, abs=8)
+    same = table.specify(chroma, hue.hue_histogram(rgb_of(chroma)))  # its own histogram: hues barely move
+
+    def hues(c):
+        return cv2.cvtColor(rgb_of(c), cv2.COLOR_RGB2HSV)[..., 0].astype(int)
+
+    shift = np.abs(hues(same) - hues(chroma))
+    assert np.quantile(np.minimum(shift, 180 - shift), 0.95) <= 2

@@ -119,3 +119,17 @@ def test_clustering_task_asks_for_a_gpu_and_resolves_on_its_node(ray_two_gpus):
         with pytest.raises(RuntimeError, match="cuml"):
             run_clustering(X, None, {}, backend="cuml")
     assert len(set(res["labels"]) - {-1}) == 3 and res["test_labels"].shape == (5,)
+
+
+def test_num_workers_auto_follows_the_cpus_ray_assigned(ray_two_gpus):
+    """num_workers: auto in a trial = the CPUs the space's resources gave it, minus one (not the node's CPUs)."""
+    ray = ray_two_gpus
+
+    @ray.remote
+    def workers():
+        from imgrestore.training.loop import loader_workers
+
+        return loader_workers("auto")
+
+    assert ray.get(workers.options(num_cpus=2).remote()) == 1
+    assert ray.get(workers.options(num_cpus=1).remote()) == 0

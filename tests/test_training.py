@@ -229,3 +229,41 @@ def test_photos_without_pairs_become_training_pairs(tiny_dacon, preproc_csv):
     with pytest.raises(ValueError, match="image_size"):
         train(config(tiny_dacon, preproc_csv, image_size=None, extra_photos="bundled", extra_per_epoch=8),
               lambda m, c: None)
+
+
+def test_uint8_training_batches_equal_the_float_ones(tiny_dacon):
+    """The training loader hands over uint8 tensors (a quarter of the bytes) and the fill in uint8;
+    batch_to_device must give exactly the float batch, fill included, that the float path gives."""
+    from torch.utils.data import default_collate
+
+    from imgrestore.models.prefill import PrefillCollate
+    from imgrestore.training.data import batch_to_device
+
+    frame = pd.DataFrame({"input_path": [str(tiny_dacon / f"train_input/TRAIN_0000{i}.png") for i in range(4)],
+                          "gt_path": [str(tiny_dacon / f"train_gt/TRAIN_0000{i}.png") for i in range(4)]})
+    kw = dict(train=True, extra_damage=0.5, seed=1)
+    as_float, as_uint8 = RestorationDataset(frame, 48, **kw), RestorationDataset(frame, 48, uint8=True, **kw)
+    for ds in (as_float, as_uint8):
+        ds.set_epoch(2)  # flips and fresh damage in play
+    items_f, items_u = [as_float[i] for i in range(4)], [as_uint8[i] for i in range(4)]
+    assert items_u[0][0].dtype == items_u[0][1].dtype == items_u[0][2].dtype == torch.uint8
+    collate = PrefillCollate("telea", 5)
+    got = batch_to_device(collate(items_u), "cpu")
+    want = batch_to_device(collate(items_f), "cpu")
+    assert got[3].shape == (4, 1, 48, 48) and (got[1] > 0).any()
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(batch_to_device(default_collate(items_u), "cpu"),
+                                                 default_collate(items_f)))
+
+
+def test_num_workers_auto_and_bad_values():
+    import os
+
+    from imgrestore.training.loop import loader_workers, with_defaults
+
+    assert loader_workers("auto") == len(os.sched_getaffinity(0)) - 1
+    assert loader_workers(3) == 3 and loader_workers("2") == 2 and loader_workers(0) == 0
+    for bad in (-1, "many", 1.5, None):
+        with pytest.raises(ValueError, match="num_workers must be an integer >= 0 or 'auto'"):
+            with_defaults({"num_workers": bad})

@@ -475,9 +475,10 @@ class _Trainer:
     def step(self, *batch) -> float:
         """One training step on a CPU batch (gray, mask, rgb[, filled]: see loop.train_loader), the training
         loop's own (imgrestore.training.loop.train_step), after the same copy to the device; returns the loss."""
+        from imgrestore.training.data import batch_to_device
         from imgrestore.training.loop import train_step
 
-        gray, mask, rgb, *filled = (t.to(self.device, non_blocking=True) for t in batch)
+        gray, mask, rgb, *filled = batch_to_device(batch, self.device)
         loss, parts = train_step(self.model, gray, mask, rgb, self.cfg, self.loss_fn, self.optimizer, self.scaler,
                                  self.scheduler, self.autocast, self.bins, self.class_weights,
                                  filled=filled[0] if filled else None)
@@ -610,7 +611,8 @@ def bench_training_throughput(quick: bool = False) -> list[dict]:
     size, bs = setting["size"], setting["batch_size"]
     warmup, steps = (QUICK["warmup"], QUICK["steps"]) if quick else (FULL["warmup"], FULL["steps"])
     any_cfg = training_cfg(measured[0])
-    dataset = RestorationDataset(frame, size, train=True, extra_damage=any_cfg["extra_damage"], flip=any_cfg["flip"])
+    dataset = RestorationDataset(frame, size, train=True, extra_damage=any_cfg["extra_damage"], flip=any_cfg["flip"],
+                                 uint8=True)  # as the training loop's
     by_prefill = {_prefill_of(any_cfg): _batches_of(dataset, bs, 2, pin=gpu, prefill=_prefill_of(any_cfg))}
     batches = by_prefill[_prefill_of(any_cfg)]
     amps = ("auto", "fp32") if gpu else ("fp32",)
@@ -697,15 +699,15 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
     import torch
 
     from imgrestore.training.data import RestorationDataset
-    from imgrestore.training.loop import train_loader
+    from imgrestore.training.loop import loader_workers, train_loader
 
     grid = model_grid(config)
     size, bs = setting["size"], setting["batch_size"]
     steps = QUICK["steps"] if quick else FULL["wait_steps"]
     first_cfg = training_cfg(grid[0])
-    workers = int(first_cfg["num_workers"])
+    workers = loader_workers(first_cfg["num_workers"])
     dataset = RestorationDataset(frame, size, train=True, extra_damage=first_cfg["extra_damage"],
-                                 flip=first_cfg["flip"], seed=0)
+                                 flip=first_cfg["flip"], seed=0, uint8=True)  # as the training loop's
 
     def loader(model):  # the training loop's loader (the classical prefill computed in its workers)
         cfg = {**first_cfg, "batch_size": bs}
@@ -749,7 +751,8 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
     note = (f"{_device_text(device)}, {size} px, batch {bs}, {dtype}; share = time blocked in next(loader) / (that + "
             f"the training step), over {steps} step{'s' if steps > 1 else ''} after the first; loop.train_loader (the "
             f"{_prefill_of(first_cfg)[0]} prefill in its workers) over RestorationDataset(train=True, extra_damage "
-            f"{first_cfg['extra_damage']}: dacon.yaml's highest), DataLoader num_workers {workers} (dacon.yaml), "
+            f"{first_cfg['extra_damage']}: dacon.yaml's highest), DataLoader num_workers {workers} (dacon.yaml's "
+            f"{first_cfg['num_workers']!r}), uint8 batches converted on the device, "
             f"pin_memory {gpu}, on {os.cpu_count()} CPUs; the loader alone: {alone:.0f} images/s, first batch after "
             f"{first_s:.1f} s (worker start, paid every epoch)")
     return [row(DATA_WAIT_NAME, "; ".join(parts), note, gpu=gpu)]
@@ -802,8 +805,8 @@ def bench_validation_epoch(quick: bool = False) -> list[dict]:
         scorings = 2 * n + calib * (len(GAIN_GRID) + (len(HOLE_GRID) if got.get("chroma_gain") else 0))
         share = ""
         if gpu:
-            batches = _batches_of(RestorationDataset(frame, size, train=True), setting["batch_size"], 2, pin=True,
-                                  prefill=_prefill_of(cfg))
+            batches = _batches_of(RestorationDataset(frame, size, train=True, uint8=True), setting["batch_size"], 2,
+                                  pin=True, prefill=_prefill_of(cfg))
             step = _time_training(m, cfg, device, "auto", batches, FULL["warmup"], FULL["steps"], class_weights(cfg))
             epoch_s = DACON_TRAIN_PAIRS / step["images_per_s"]
             share = (f"; next to a training epoch of {DACON_TRAIN_PAIRS} pairs at this configuration's "

@@ -147,7 +147,7 @@ def growth(res) -> list[str]:
     mb = 5 * res.cfg.size ** 2 / 2**20
     rows.append([f"memory: all decoded pairs, were they held ({res.cfg.size} px; 512 px in brackets)",
                  "computed: 5 bytes per pixel (gray, mask, RGB) per image, linear; nothing holds them: training "
-                 "decodes on the fly (~280 MB per loader worker at 512 px whatever n: benchmarks/loader_memory.py)"] +
+                 "decodes on the fly (~95 MB per loader worker at 512 px whatever n: benchmarks/loader.py)"] +
                 [f"{fmt(n * mb, 0)} MB [{fmt(n * 5 * 512 ** 2 / 2**20, 0)} MB]" for n in GROWTH_SIZES])
     return (["### How it grows from 1k to 30k images", "",
              "Measured where the run measured that size; everything marked (extrap.) is EXTRAPOLATED from the "

@@ -90,9 +90,15 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 @torch.no_grad()
 def classical_fill(gray: torch.Tensor, mask: torch.Tensor, method: str, radius: int = 5) -> torch.Tensor:
-    """``inpaint_uint8`` over a (B,1,H,W) batch; known pixels keep their exact float values."""
-    g = (gray.detach().float() * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-    m = (mask.detach() > 0.5).cpu().numpy()
+    """``inpaint_uint8`` over a (B,1,H,W) batch; known pixels keep their exact values. A uint8 batch (the
+    training loader's, mask 0/1) gets a uint8 fill, a float one (in [0, 1]) a float fill."""
+    as_uint8 = gray.dtype == torch.uint8
+    if as_uint8:
+        g, m = gray.cpu().numpy(), mask.cpu().numpy() > 0
+    else:
+        g = (gray.detach().float() * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        m = (mask.detach() > 0.5).cpu().numpy()
+
     def fill(i: int) -> np.ndarray:
         return inpaint_uint8(g[i, 0], m[i, 0], method, radius)
 
@@ -100,6 +106,8 @@ def classical_fill(gray: torch.Tensor, mask: torch.Tensor, method: str, radius: 
     many = min(len(g), threads) > 1
     filled = list(_pool(threads).map(fill, range(len(g))) if many else map(fill, range(len(g))))
     filled = np.stack(filled)[:, None]
+    if as_uint8:
+        return torch.from_numpy(np.where(m, filled, g)).to(gray.device)
     filled = torch.from_numpy(filled).to(device=gray.device, dtype=gray.dtype) / 255
     return gray * (1 - mask) + filled * mask
 
@@ -117,7 +125,8 @@ def prefill(gray: torch.Tensor, mask: torch.Tensor, method: str, radius: int = 5
 
 class PrefillCollate:
     """A DataLoader ``collate_fn``: the default collation of (gray, mask, rgb) items, plus the batch's classical
-    fill as a fourth tensor, computed where the loader runs (its worker processes when ``num_workers`` > 0)."""
+    fill as a fourth tensor (uint8 for uint8 items), computed where the loader runs (its worker processes when
+    ``num_workers`` > 0)."""
 
     def __init__(self, method: str, radius: int = 5):
         if method not in CPU_PREFILLS:

@@ -28,6 +28,28 @@ def to_tensors(gray: np.ndarray, mask: np.ndarray, rgb: np.ndarray | None = None
     return g, m, torch.tensor(rgb, dtype=torch.float32).div_(255).permute(2, 0, 1).contiguous()
 
 
+def to_uint8_tensors(gray: np.ndarray, mask: np.ndarray, rgb: np.ndarray):
+    """uint8 arrays -> uint8 tensors: gray (1,H,W), mask (1,H,W) of 0/1, rgb (3,H,W). What the training loader
+    hands over: a quarter of the float bytes to pass between processes, pin and copy to the GPU, and no float
+    conversion in the workers; ``batch_to_device`` converts on the device."""
+    # np.array copies: Pillow's arrays are read-only and flips have negative strides
+    g = torch.from_numpy(np.array(gray, dtype=np.uint8, order="C")).unsqueeze(0)
+    m = torch.from_numpy(np.array(mask, dtype=np.uint8, order="C")).unsqueeze(0)
+    return g, m, torch.from_numpy(np.array(np.transpose(rgb, (2, 0, 1)), dtype=np.uint8, order="C"))
+
+
+def batch_to_device(batch, device) -> list[torch.Tensor]:
+    """A training batch (gray, mask, rgb[, filled]) on `device` as float in [0, 1], exactly as ``to_tensors``
+    makes it: uint8 tensors (``to_uint8_tensors``) are converted after the copy, float ones only copied."""
+    out = []
+    for i, t in enumerate(batch):
+        t = t.to(device, non_blocking=True)
+        if t.dtype == torch.uint8:
+            t = t.float() if i == 1 else t.float().div_(255)  # i == 1: the mask, already 0/1
+        out.append(t)
+    return out
+
+
 def to_uint8_rgb(pred: torch.Tensor) -> np.ndarray:
     """(3,H,W) float in [0,1] -> (H,W,3) uint8, rounded."""
     return pred.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
@@ -63,6 +85,7 @@ class RestorationDataset(Dataset):
 
     extra_damage: probability of replacing the real damage by freshly generated damage on the same
     ground truth (more masks per photo); flip: random horizontal flips. Both only when `train=True`.
+    uint8: items as ``to_uint8_tensors`` makes them (the training loader's), else float tensors.
     Pairs are decoded when asked for, never cached: a cache per DataLoader worker grows to the whole
     dataset in every worker (the DACON train set is ~37 GB decoded at 512 px), while decoding a PNG costs
     milliseconds beside a training step.
@@ -70,10 +93,11 @@ class RestorationDataset(Dataset):
 
     def __init__(self, frame: pd.DataFrame, size: int | None = None, train: bool = False,
                  extra_damage: float = 0.0, flip: bool = True, seed: int = 0,
-                 damage: DamageConfig = DamageConfig()):
+                 damage: DamageConfig = DamageConfig(), uint8: bool = False):
         self.frame = frame.reset_index(drop=True)
         self.size, self.train = size, train
         self.extra_damage, self.flip, self.seed, self.damage = extra_damage, flip, seed, damage
+        self.uint8 = bool(uint8)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -96,7 +120,13 @@ class RestorationDataset(Dataset):
                 gray, mask = damaged.gray, damaged.mask
             if self.flip and rng.random() < 0.5:
                 gray, mask, rgb = gray[:, ::-1], mask[:, ::-1], rgb[:, ::-1]
-        return to_tensors(np.ascontiguousarray(gray), np.ascontiguousarray(mask), np.ascontiguousarray(rgb))
+        return _tensors(gray, mask, rgb, self.uint8)
+
+
+def _tensors(gray, mask, rgb, uint8: bool):
+    if uint8:
+        return to_uint8_tensors(gray, mask, rgb)
+    return to_tensors(np.ascontiguousarray(gray), np.ascontiguousarray(mask), np.ascontiguousarray(rgb))
 
 
 class PhotoCrops(Dataset):
@@ -110,13 +140,14 @@ class PhotoCrops(Dataset):
     """
 
     def __init__(self, photos, size: int, per_epoch: int, seed: int = 0, flip: bool = True,
-                 damage: DamageConfig = DamageConfig()):
+                 damage: DamageConfig = DamageConfig(), uint8: bool = False):
         if not photos:
             raise ValueError("extra photos: the folder holds no photos")
         if not size:
             raise ValueError("extra photos need a fixed image_size (crops are resized to it)")
         self.photos, self.size, self.per_epoch = list(photos), int(size), int(per_epoch)
         self.seed, self.flip, self.damage, self.epoch = seed, flip, damage, 0
+        self.uint8 = bool(uint8)  # items as RestorationDataset(uint8=) gives them
 
     def __len__(self) -> int:
         return self.per_epoch
@@ -134,7 +165,7 @@ class PhotoCrops(Dataset):
         gray, mask = damaged.gray, damaged.mask
         if self.flip and rng.random() < 0.5:
             gray, mask, rgb = gray[:, ::-1], mask[:, ::-1], rgb[:, ::-1]
-        return to_tensors(np.ascontiguousarray(gray), np.ascontiguousarray(mask), np.ascontiguousarray(rgb))
+        return _tensors(gray, mask, rgb, self.uint8)
 
 
 def extra_photo_sources(spec: str):
@@ -163,5 +194,7 @@ class EpochConcat(ConcatDataset):
 
 def _as_arrays(item):
     gray, mask, rgb = item
+    if gray.dtype == torch.uint8:
+        return gray[0].numpy(), mask[0].numpy() > 0, rgb.permute(1, 2, 0).numpy()
     return ((gray[0] * 255).round().byte().numpy(), mask[0].numpy() > 0,
             (rgb.permute(1, 2, 0) * 255).round().byte().numpy())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import tempfile
@@ -28,7 +29,8 @@ from imgrestore.models import create_model, is_trainable
 from imgrestore.models.color import rgb_to_chroma, rgb_to_luma
 from imgrestore.models.prefill import CPU_PREFILLS, PrefillCollate
 from imgrestore.training.checkpoint import TRIAL_CONFIG, load_model, load_train_state, save_model, save_train_state
-from imgrestore.training.data import EpochConcat, PhotoCrops, RestorationDataset, extra_photo_sources
+from imgrestore.training.data import (EpochConcat, PhotoCrops, RestorationDataset, batch_to_device,
+                                     extra_photo_sources)
 from imgrestore.training.evaluate import evaluate, sample_grid
 from imgrestore.training.samples import restoration_grid
 
@@ -54,7 +56,7 @@ DEFAULTS = {
     "cluster_balanced": False,   # sample each scene cluster equally often
     "grad_clip": 1.0,
     "amp": "auto",               # auto | bf16 | fp16 | fp32 (auto: bf16 on GPUs that support it, else fp32)
-    "num_workers": 0,
+    "num_workers": 0,            # DataLoader worker processes, or "auto": this trial's CPUs minus one (loader_workers)
     "seed": 0,
     "max_val_images": 64,        # cap validation cost per epoch
     "calibrate_gain": True,      # pick the chroma gain on validation every epoch (imgrestore.training.evaluate)
@@ -76,6 +78,7 @@ def with_defaults(config: dict) -> dict:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg['amp']!r}")
     if int(cfg["epochs"]) < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg['epochs']}")
+    loader_workers(cfg["num_workers"])  # a bad value fails here, on the driver, not in every trial
     if cfg["cluster_balanced"] and cfg["extra_photos"] and int(cfg["extra_per_epoch"]) > 0:
         raise ValueError("cluster_balanced sampling weighs the scene clusters of the pairs; extra_photos have no "
                          "cluster: use one or the other")
@@ -161,6 +164,31 @@ def train_step(net, gray, mask, rgb, cfg: dict, loss_fn, optimizer, scaler, sche
     return loss, parts
 
 
+def loader_workers(value) -> int:
+    """The DataLoader's worker count for ``num_workers``: an int >= 0, or "auto": the CPUs this process may use
+    minus one for the process that drives the model. Inside Ray (a trial, or a Ray Train worker) those are the
+    CPUs Ray assigned it (the space's ``resources: {cpu: N}``), else the CPUs this process may run on."""
+    if value == "auto":
+        return max(0, int(available_cpus()) - 1)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0 or isinstance(value, float) and value != n:
+        raise ValueError(f"num_workers must be an integer >= 0 or 'auto', got {value!r}")
+    return n
+
+
+def available_cpus() -> float:
+    """CPUs assigned to this Ray task or actor when it runs in one, else the CPUs this process may run on."""
+    ray = sys.modules.get("ray")  # only if already imported: outside Ray there is nothing to ask
+    if ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")  # a driver has none to ask for
+        if cpus:  # an actor that asked for no CPU: the process's CPUs
+            return cpus
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def train_loader(dataset, cfg: dict, model, device: torch.device, sampler=None, generator=None) -> DataLoader:
     """The training DataLoader. A learned model with a classical (OpenCV, CPU) prefill gets its fill computed
     by the loader (``PrefillCollate``: in the worker processes when num_workers > 0) and batches of four
@@ -168,7 +196,7 @@ def train_loader(dataset, cfg: dict, model, device: torch.device, sampler=None, 
     method = getattr(model, "prefill_method", None)
     collate = PrefillCollate(method, model.prefill_radius) if is_trainable(model) and method in CPU_PREFILLS \
         else None
-    workers = int(cfg["num_workers"])
+    workers = loader_workers(cfg["num_workers"])
     return DataLoader(dataset, batch_size=min(int(cfg["batch_size"]), len(dataset)), shuffle=sampler is None,
                       sampler=sampler, drop_last=True, num_workers=workers, collate_fn=collate,
                       pin_memory=device.type == "cuda",  # workers are not persistent: each epoch's workers copy
@@ -224,11 +252,11 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
     train_frame, val_frame = read_split(cfg["data_dir"], cfg["preproc_csv"], int(cfg["val_fold"]))
     size = cfg["image_size"]
     train_ds = RestorationDataset(train_frame, size, train=True, extra_damage=cfg["extra_damage"],
-                                  flip=cfg["flip"], seed=seed)
+                                  flip=cfg["flip"], seed=seed, uint8=True)  # uint8 to the device: batch_to_device
     val_ds = RestorationDataset(val_frame, size)
     if cfg["extra_photos"] and int(cfg["extra_per_epoch"]) > 0:
         extra = PhotoCrops(extra_photo_sources(cfg["extra_photos"]), size, int(cfg["extra_per_epoch"]), seed,
-                           flip=cfg["flip"])
+                           flip=cfg["flip"], uint8=True)
         train_ds = EpochConcat([train_ds, extra])
     sampler = None
     if cfg["cluster_balanced"]:
@@ -286,7 +314,7 @@ def train(config: dict, report: Report, resume_from: str | None = None, device: 
             t0, seen, loss_sum, part_sums = time.perf_counter(), 0, 0.0, {}
             lr = scheduler.get_last_lr()[0]  # the epoch's starting rate (after the last step it is ~0: cosine)
             for batch in (loader if trainable else ()):
-                gray, mask, rgb, *filled = (t.to(device, non_blocking=True) for t in batch)
+                gray, mask, rgb, *filled = batch_to_device(batch, device)
                 loss, parts = train_step(net, gray, mask, rgb, cfg, loss_fn, optimizer, scaler, scheduler, autocast,
                                          bins, class_weights, where=f"epoch {epoch + 1}",
                                          filled=filled[0] if filled else None)
