@@ -1,6 +1,8 @@
 """The champion alias moves only to a better model on the same validation, and says why."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -41,8 +43,16 @@ def test_alias_moves_only_to_a_better_model_on_the_same_validation(store):
     version = client.get_model_version("imgrestore-test", v2)
     assert version.tags["val_score"] == "0.400000" and version.tags["validation"] == same
     assert version.description == "score 0.4"
-    model = load_restorer("models:/imgrestore-test@champion", uri)
-    assert model.name == "telea"
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp())  # where load_restorer's download goes, to see that it leaves nothing
+    before = tempfile.tempdir
+    tempfile.tempdir = str(scratch)
+    try:
+        model = load_restorer("models:/imgrestore-test@champion", uri)
+    finally:
+        tempfile.tempdir = before
+    assert model.name == "telea" and list(scratch.iterdir()) == []
 
 
 def test_fingerprint_depends_on_every_validation_setting():

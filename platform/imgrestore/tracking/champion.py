@@ -102,8 +102,9 @@ def load_restorer(ref: str, tracking_uri: str | None = None, device: str = "cpu"
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tempfile.mkdtemp(prefix="imgrestore-")))
-    specs = list(local.rglob(MODEL_SPEC))
-    if not specs:
-        raise FileNotFoundError(f"{ref}: the logged model has no {MODEL_SPEC}; was it logged by imgrestore?")
-    return load_model(specs[0].parent, device)
+    with tempfile.TemporaryDirectory(prefix="imgrestore-model-") as tmp:  # the weights are read into memory:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp))  # nothing to keep
+        specs = list(local.rglob(MODEL_SPEC))
+        if not specs:
+            raise FileNotFoundError(f"{ref}: the logged model has no {MODEL_SPEC}; was it logged by imgrestore?")
+        return load_model(specs[0].parent, device)
