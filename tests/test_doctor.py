@@ -95,7 +95,7 @@ def _check_training_rows(out: str) -> None:
         line = _row(out, f"training throughput / peak memory, {family}, fp32")
         assert " img/s" in line and device in line and "64 px, batch 2" in line, line
     wait = _row(out, "data-wait share")
-    assert "% (" in wait and "ms wait" in wait and "(dacon.yaml's 'auto')" in wait, wait
+    assert "% (" in wait and "ms wait" in wait and "num_workers 3 (dacon.yaml's 'auto' with its resources.cpu 4)" in wait, wait
     val = _row(out, "validation time per epoch, as training")
     assert " s for 2 images" in val, val
     cpu_val = _row(out, "validation time per epoch, CPU metric")

@@ -133,3 +133,13 @@ def test_num_workers_auto_follows_the_cpus_ray_assigned(ray_two_gpus):
 
     assert ray.get(workers.options(num_cpus=2).remote()) == 1
     assert ray.get(workers.options(num_cpus=1).remote()) == 0
+
+    @ray.remote
+    class Trial:  # Tune's trials and Ray Train's workers are actors
+        def workers(self):
+            from imgrestore.training.loop import loader_workers
+
+            return loader_workers("auto")
+
+    assert ray.get(Trial.options(num_cpus=2).remote().workers.remote()) == 1
+    assert ray.get(Trial.remote().workers.remote()) == 0  # an actor holds no CPU by default: no workers

@@ -255,6 +255,15 @@ def test_uint8_training_batches_equal_the_float_ones(tiny_dacon):
         assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
     assert all(torch.equal(a, b) for a, b in zip(batch_to_device(default_collate(items_u), "cpu"),
                                                  default_collate(items_f)))
+    # the extra photos' crops too, and the arrays the chroma class weights read back from either
+    from imgrestore.data.embedded import bundled_photos
+    from imgrestore.training.data import EpochConcat, PhotoCrops
+
+    crops = [PhotoCrops(bundled_photos()[:2], 40, 3, seed=2, uint8=u) for u in (False, True)]
+    for a, b in zip(crops[0][1], batch_to_device(crops[1][1], "cpu")):
+        assert torch.equal(a, b)
+    for a, b in zip(EpochConcat([crops[0]]).pair(1), EpochConcat([crops[1]]).pair(1)):
+        assert np.array_equal(a, b)
 
 
 def test_num_workers_auto_and_bad_values():
@@ -264,6 +273,6 @@ def test_num_workers_auto_and_bad_values():
 
     assert loader_workers("auto") == len(os.sched_getaffinity(0)) - 1
     assert loader_workers(3) == 3 and loader_workers("2") == 2 and loader_workers(0) == 0
-    for bad in (-1, "many", 1.5, None):
+    for bad in (-1, "many", 1.5, None, True, False, "AUTO"):
         with pytest.raises(ValueError, match="num_workers must be an integer >= 0 or 'auto'"):
             with_defaults({"num_workers": bad})

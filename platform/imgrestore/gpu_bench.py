@@ -11,7 +11,7 @@ Libraries are imported inside the functions, so a node with torch alone can run 
     bench_metric       the torch metric (imgrestore.torch_metrics) vs imgrestore.metrics, per 512 px image
     bench_training_throughput   training images/s and peak GPU memory of every search_spaces/dacon.yaml model
                        configuration at 512 px, bf16 (the training autocast) and fp32, flagged over 24 GiB
-    bench_data_wait    the share of a training step blocked on the DataLoader (dacon.yaml's 4 workers, pinned)
+    bench_data_wait    the share of a training step blocked on the DataLoader (a dacon.yaml trial's workers, pinned)
     bench_validation_epoch   one epoch's validation as training runs it (training.evaluate: the torch metric on
                        a GPU) against the CPU metric, and its share of a DACON-sized epoch
     bench_two_trial_search   preprocess + a two-trial Ray Tune search with MLflow on this node, wall time
@@ -356,6 +356,21 @@ def dacon_config() -> tuple[dict, str]:
 
         return yaml.safe_load(DACON_YAML.read_text())["config"], "dacon.yaml read as YAML (no ray here)"
     return load_space(DACON_YAML).config, "dacon.yaml via tuning.space.load_space"
+
+
+def trial_cpus() -> int:
+    """The CPUs a dacon.yaml trial asks Ray for (its `resources: {cpu: N}`)."""
+    import yaml
+
+    return int((yaml.safe_load(DACON_YAML.read_text()).get("resources") or {}).get("cpu", 1))
+
+
+def trial_workers(num_workers) -> int:
+    """DataLoader workers of a dacon.yaml trial: its num_workers, "auto" resolved as inside the trial (its
+    resources.cpu minus one), not from this process's CPUs."""
+    from imgrestore.training.loop import loader_workers
+
+    return max(0, trial_cpus() - 1) if num_workers == "auto" else loader_workers(num_workers)
 
 
 def model_grid(config: dict) -> list[dict]:
@@ -705,25 +720,33 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
     size, bs = setting["size"], setting["batch_size"]
     steps = QUICK["steps"] if quick else FULL["wait_steps"]
     first_cfg = training_cfg(grid[0])
-    workers = loader_workers(first_cfg["num_workers"])
+    workers = trial_workers(first_cfg["num_workers"])  # what a dacon.yaml trial gets, not this process
+    node_workers = loader_workers("auto")  # a trial given every core of this node
     dataset = RestorationDataset(frame, size, train=True, extra_damage=first_cfg["extra_damage"],
                                  flip=first_cfg["flip"], seed=0, uint8=True)  # as the training loop's
 
-    def loader(model):  # the training loop's loader (the classical prefill computed in its workers)
-        cfg = {**first_cfg, "batch_size": bs}
+    def loader(model, n_workers: int):  # the training loop's loader (the classical prefill in its workers)
+        cfg = {**first_cfg, "batch_size": bs, "num_workers": n_workers}
         return train_loader(dataset, cfg, model, device, generator=torch.Generator().manual_seed(0))
 
-    # the loader alone: how many images/s it delivers with nothing else running
     any_model = _Trainer(_smallest(grid, _families(grid)[0]), first_cfg, torch.device("cpu"), "fp32", 1).model
-    t = time.perf_counter()
-    it = iter(loader(any_model))
-    next(it)
-    first_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(steps):
+
+    def alone(n_workers: int) -> tuple[float, float]:
+        """(images/s, seconds to the first batch) of the loader with nothing else running."""
+        t = time.perf_counter()
+        it = iter(loader(any_model, n_workers))
         next(it)
-    alone = steps * bs / (time.perf_counter() - t)
-    del it
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(steps):
+            next(it)
+        return steps * bs / (time.perf_counter() - t), first
+
+    alone_rate, first_s = alone(workers)
+    more = ""
+    if node_workers > workers and not quick:
+        rate, _ = alone(node_workers)
+        more = f"; with {node_workers} workers (a trial given every core here): {rate:.0f} images/s"
     parts, dtype = [], "?"
     for family in _families(grid)[:1] if quick else _families(grid):
         m = _smallest(grid, family)
@@ -732,7 +755,7 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
             _clear_gpu()
             trainer = _Trainer(m, cfg, device, "auto", steps + 1, class_weights(cfg))
             dtype = _dtype_name(trainer.amp_dtype)
-            it = iter(loader(trainer.model))
+            it = iter(loader(trainer.model, workers))
             trainer.step(*next(it))  # warm-up, and the workers' start
             wait = busy = 0.0
             for _ in range(steps):
@@ -752,9 +775,9 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
             f"the training step), over {steps} step{'s' if steps > 1 else ''} after the first; loop.train_loader (the "
             f"{_prefill_of(first_cfg)[0]} prefill in its workers) over RestorationDataset(train=True, extra_damage "
             f"{first_cfg['extra_damage']}: dacon.yaml's highest), DataLoader num_workers {workers} (dacon.yaml's "
-            f"{first_cfg['num_workers']!r}), uint8 batches converted on the device, "
-            f"pin_memory {gpu}, on {os.cpu_count()} CPUs; the loader alone: {alone:.0f} images/s, first batch after "
-            f"{first_s:.1f} s (worker start, paid every epoch)")
+            f"{first_cfg['num_workers']!r} with its resources.cpu {trial_cpus()}), uint8 batches converted on the "
+            f"device, pin_memory {gpu}, on {os.cpu_count()} CPUs; the loader alone: {alone_rate:.0f} images/s, first "
+            f"batch after {first_s:.1f} s (worker start, paid every epoch){more}")
     return [row(DATA_WAIT_NAME, "; ".join(parts), note, gpu=gpu)]
 
 

@@ -171,7 +171,7 @@ def loader_workers(value) -> int:
     if value == "auto":
         return max(0, int(available_cpus()) - 1)
     try:
-        n = int(value)
+        n = int(value) if not isinstance(value, bool) else -1  # YAML's yes/no are not a count
     except (TypeError, ValueError):
         n = -1
     if n < 0 or isinstance(value, float) and value != n:
@@ -180,13 +180,14 @@ def loader_workers(value) -> int:
 
 
 def available_cpus() -> float:
-    """CPUs assigned to this Ray task or actor when it runs in one, else the CPUs this process may run on."""
+    """CPUs assigned to this Ray task or actor when it runs in one (none assigned: 0), at most the cores this
+    process may run on; outside Ray, those cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ray = sys.modules.get("ray")  # only if already imported: outside Ray there is nothing to ask
     if ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")  # a driver has none to ask for
-        if cpus:  # an actor that asked for no CPU: the process's CPUs
-            return cpus
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        # a Ray worker process (a driver has no assignment to ask for)
+        return min(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0), cores)
+    return cores
 
 
 def train_loader(dataset, cfg: dict, model, device: torch.device, sampler=None, generator=None) -> DataLoader:
