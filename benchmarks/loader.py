@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "platform"))
 
 import torch  # noqa: E402
 
-from imgrestore.benchmarking.report import _children_map, _pss_mb, write_sections  # noqa: E402
+from imgrestore.benchmarking.report import _children_map, _pss_mb, rss_mb, write_sections  # noqa: E402
 from imgrestore.data.build import BuildConfig, build_dataset  # noqa: E402
 from imgrestore.data.embedded import bundled_photos  # noqa: E402
 from imgrestore.gpu_bench import _train_frame  # noqa: E402
@@ -41,13 +41,6 @@ from imgrestore.training.loop import train_loader, with_defaults  # noqa: E402
 
 SECTION = "## DataLoader worker memory"
 COST_SECTION = "## DataLoader CPU cost per image"
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return 0.0
 
 
 def measure_cost(frame, size: int, batch: int, n_images: int, repeats: int) -> list[dict]:

@@ -83,6 +83,14 @@ def _children_map() -> dict[int, list[int]]:
     return kids
 
 
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process in MB; 0 if the process is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
 def _pss_mb(pid: int) -> float:
     """Proportional set size (shared pages split between their users), else RSS; 0 if the process is gone."""
     try:
@@ -91,10 +99,7 @@ def _pss_mb(pid: int) -> float:
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return 0.0
+    return rss_mb(pid)
 
 
 def tree_memory_mb(root: int | None = None) -> float:
