@@ -89,9 +89,7 @@ def measure(model_dir: Path, data: Path, limit: int | None) -> tuple[dict, dict,
             detected = detect_mask(gray)
             g, m = (t[None] for t in to_tensors(gray, detected))
             out = model(g, m, return_aux=True)
-            keep = 1 - m[0, 0].numpy()
-            gain = model.chroma_gain * (keep + (1 - keep) * model.hole_chroma)  # as compose() decodes
-            chroma = out["chroma"][0].numpy() * gain
+            chroma = (out["chroma"] * model.chroma_scale(m))[0].numpy()  # as compose() decodes it
             targets = {"model": None, "prior": prior, "oracle": hue_histogram(truth)}
             for name, target in targets.items():
                 c = chroma if target is None else table.specify(chroma, target)
@@ -130,7 +128,6 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, help="only the first N test images")
     ap.add_argument("--write-docs", type=Path)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     means, deltas, n = measure(args.model, args.data, args.limit)
     text = section(means, deltas, n, args)
     print(text)

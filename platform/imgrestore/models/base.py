@@ -118,17 +118,20 @@ class Restorer(nn.Module):
         chroma = F.interpolate(raw, size=feats.shape[-2:], mode="bilinear", align_corners=False)
         return crop_to(chroma, size), logits
 
-    def compose(self, y: torch.Tensor, chroma: torch.Tensor, mask: torch.Tensor, gain: float | None = None,
-                hole: float | None = None) -> torch.Tensor:
-        """RGB with luma ``y`` and ``chroma`` times ``gain`` (times ``hole`` inside the mask). Defaults: the
+    def chroma_scale(self, mask: torch.Tensor, gain: float | None = None, hole: float | None = None):
+        """What decoding multiplies the chroma by: ``gain``, times ``hole`` inside the mask. Defaults: the
         calibrated values in eval mode, 1 while training (they are a decoding-time calibration; training
         always sees the raw chroma)."""
         if gain is None:
             gain = 1.0 if self.training else self.chroma_gain
         if hole is None:
             hole = 1.0 if self.training else self.hole_chroma
-        scale = gain * (1 - mask * (1 - hole)) if hole != 1.0 else gain
-        return compose_rgb(y, chroma * scale)
+        return gain * (1 - mask * (1 - hole)) if hole != 1.0 else gain
+
+    def compose(self, y: torch.Tensor, chroma: torch.Tensor, mask: torch.Tensor, gain: float | None = None,
+                hole: float | None = None) -> torch.Tensor:
+        """RGB with luma ``y`` and ``chroma`` scaled as ``chroma_scale`` says."""
+        return compose_rgb(y, chroma * self.chroma_scale(mask, gain, hole))
 
     def forward(self, gray: torch.Tensor, mask: torch.Tensor, return_aux: bool = False,
                 filled: torch.Tensor | None = None):
