@@ -579,9 +579,10 @@ def _batches_of(dataset, batch_size: int, n_batches: int, pin: bool, prefill: tu
     out = []
     for b in range(n_batches):
         items = [dataset[(b * batch_size + j) % len(dataset)] for j in range(batch_size)]
-        batch = [torch.stack(t) for t in zip(*items)]
         if prefill and prefill[0] in CPU_PREFILLS:
             batch = list(PrefillCollate(*prefill)(items))
+        else:
+            batch = [torch.stack(t) for t in zip(*items)]
         out.append([t.pin_memory() for t in batch] if pin else batch)
     return out
 
