@@ -15,7 +15,8 @@ from imgrestore.data.damage import apply_damage
 from imgrestore.data.embedded import demo_photo
 from imgrestore.models import create_model, is_trainable, list_models, rgb_to_luma, rgb_to_ycbcr, ycbcr_to_rgb
 from imgrestore.models.color import ChromaBins, compose_rgb, gamut_limit, lock_luma, pillow_luma
-from imgrestore.models.effnet_unet import EfficientNetLite0Encoder, load_lite0_state_dict
+from imgrestore.models.effnet_unet import (LITE0_STAGES, VARIANTS, EfficientNetLiteEncoder, lite_stages,
+                                          load_lite_state_dict)
 from imgrestore.models.prefill import inpaint_uint8, push_pull
 from imgrestore.submission.predict import restore
 
@@ -253,12 +254,13 @@ def test_push_pull_keeps_known_pixels_and_fills_smoothly():
     torch.testing.assert_close(flat, torch.full_like(flat, 0.3))
 
 
-def test_effnet_pretrained_loads_strictly_and_changes_output():
-    sd = load_lite0_state_dict()
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_effnet_pretrained_loads_strictly_and_changes_output(variant):
+    sd = load_lite_state_dict(variant)
     torch.manual_seed(0)
-    pre = create_model("effnet_unet", base_channels=4, max_channels=16, pretrained=True)
+    pre = create_model("effnet_unet", base_channels=4, max_channels=16, pretrained=True, encoder=variant)
     torch.manual_seed(0)
-    scratch = create_model("effnet_unet", base_channels=4, max_channels=16, pretrained=False)
+    scratch = create_model("effnet_unet", base_channels=4, max_channels=16, pretrained=False, encoder=variant)
     enc_sd = pre.encoder.state_dict()
     assert len(enc_sd) > 200
     for k, v in enc_sd.items():
@@ -271,15 +273,25 @@ def test_effnet_pretrained_loads_strictly_and_changes_output():
     gray, mask = make_inputs(64, 64)
     with torch.no_grad():
         assert not torch.allclose(pre(gray, mask), scratch(gray, mask))
-    # Shallower encoders load the matching prefix of the blocks.
-    shallow = create_model("effnet_unet", base_channels=4, depth=3, max_channels=16, pretrained=True)
-    assert len(shallow.encoder._blocks) == 5
+    # Shallower encoders load the matching prefix of the blocks: through the end of the stride-8 stage.
+    shallow = create_model("effnet_unet", base_channels=4, depth=3, max_channels=16, pretrained=True, encoder=variant)
+    assert len(shallow.encoder._blocks) == sum(stage[0] for stage in lite_stages(variant)[:3])
     assert shallow(gray, mask).shape == (2, 3, 64, 64)
 
 
+def test_lite_variants_scale_lite0_as_tensorflow_does():
+    """Lite2: TF's width/depth scaling with the stem and the first and last stages' repeats kept (the
+    checkpoints' block counts and channels, which the strict loading above checks key by key)."""
+    assert [s[0] for s in lite_stages("lite2")] == [1, 3, 3, 4, 4, 5, 1]
+    assert [s[5] for s in lite_stages("lite2")] == [16, 24, 48, 88, 120, 208, 352]
+    assert lite_stages("lite0") == LITE0_STAGES
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        create_model("effnet_unet", encoder="lite7", pretrained=False)
+
+
 def test_effnet_checkpoint_mismatch_raises():
-    sd = load_lite0_state_dict()
-    enc = EfficientNetLite0Encoder(5)
+    sd = load_lite_state_dict("lite0")
+    enc = EfficientNetLiteEncoder(5)
     broken = dict(sd)
     broken.pop("_blocks.3._bn1.running_var")
     with pytest.raises(RuntimeError, match="missing keys"):
@@ -292,14 +304,15 @@ def test_effnet_checkpoint_mismatch_raises():
         enc.load_pretrained(broken)
 
 
-def test_effnet_encoder_is_a_working_imagenet_backbone():
-    """Encoder + the checkpoint's classifier head recognise a cat: architecture,
-    TF padding and input normalisation all match the weights."""
+@pytest.mark.parametrize("variant, size", [("lite0", 224), ("lite2", 260)])
+def test_effnet_encoder_is_a_working_imagenet_backbone(variant, size):
+    """Encoder + the checkpoint's classifier head recognise a cat at the variant's ImageNet resolution:
+    architecture, TF padding and input normalisation all match the weights."""
     from skimage import data, transform
 
-    sd = load_lite0_state_dict()
-    model = create_model("effnet_unet", base_channels=4, max_channels=16, pretrained=True).eval()
-    img = transform.resize(data.chelsea(), (224, 224), anti_aliasing=True).astype(np.float32)
+    sd = load_lite_state_dict(variant)
+    model = create_model("effnet_unet", base_channels=4, max_channels=16, pretrained=True, encoder=variant).eval()
+    img = transform.resize(data.chelsea(), (size, size), anti_aliasing=True).astype(np.float32)
     x = (torch.from_numpy(img).permute(2, 0, 1)[None] - model.mean) / model.std
     with torch.no_grad():
         f = model.encoder(x)[-1]

@@ -172,6 +172,7 @@ def model_desc(model: dict | None) -> str:
              f"net {model['net_size']} px" if model.get("net_size") else "",
              f"chroma {model['chroma']}" if "chroma" in model else "",
              f"prefill {model['prefill']}" if "prefill" in model else "",
+             f"encoder {model['encoder']}" if "encoder" in model else "",
              "encoder random-init" if model.get("pretrained") is False else "",
              "encoder frozen" if model.get("freeze_encoder") else ""]
     return f"{model['name']} " + ", ".join(p for p in parts if p) if any(parts) else model["name"]

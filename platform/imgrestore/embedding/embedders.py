@@ -274,10 +274,10 @@ class _Lite0Head(nn.Module):
     def __init__(self):
         super().__init__()
         # Reuse the encoder of the restoration model (same checkpoint, strict key checks).
-        from imgrestore.models.effnet_unet import BN_EPS, EfficientNetLite0Encoder, load_lite0_state_dict
+        from imgrestore.models.effnet_unet import BN_EPS, EfficientNetLiteEncoder, load_lite_state_dict
 
-        sd = load_lite0_state_dict()
-        self.encoder = EfficientNetLite0Encoder(depth=5)
+        sd = load_lite_state_dict("lite0")
+        self.encoder = EfficientNetLiteEncoder(depth=5, variant="lite0")
         self.encoder.load_pretrained(sd)
         self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)

