@@ -347,30 +347,37 @@ def _heaviest(value):
     return value
 
 
-def dacon_config() -> tuple[dict, str]:
-    """search_spaces/dacon.yaml's trial config (distributions included) and how it was read."""
+def _dacon_space() -> tuple[dict, dict, str]:
+    """search_spaces/dacon.yaml's trial config (distributions included), its per-trial resources, and how it
+    was read."""
     try:
         from imgrestore.tuning.space import load_space
     except ImportError:  # load_space imports ray.tune: without ray, the same file read as plain YAML
         import yaml
 
-        return yaml.safe_load(DACON_YAML.read_text())["config"], "dacon.yaml read as YAML (no ray here)"
-    return load_space(DACON_YAML).config, "dacon.yaml via tuning.space.load_space"
+        raw = yaml.safe_load(DACON_YAML.read_text())
+        return raw["config"], raw.get("resources") or {}, "dacon.yaml read as YAML (no ray here)"
+    space = load_space(DACON_YAML)
+    return space.config, space.resources, "dacon.yaml via tuning.space.load_space"
+
+
+def dacon_config() -> tuple[dict, str]:
+    """search_spaces/dacon.yaml's trial config (distributions included) and how it was read."""
+    config, _, how = _dacon_space()
+    return config, how
 
 
 def trial_cpus() -> int:
     """The CPUs a dacon.yaml trial asks Ray for (its `resources: {cpu: N}`)."""
-    import yaml
-
-    return int((yaml.safe_load(DACON_YAML.read_text()).get("resources") or {}).get("cpu", 1))
+    return int(_dacon_space()[1].get("cpu", 1))
 
 
-def trial_workers(num_workers) -> int:
-    """DataLoader workers of a dacon.yaml trial: its num_workers, "auto" resolved as inside the trial (its
-    resources.cpu minus one), not from this process's CPUs."""
+def trial_workers(num_workers, cpus: int) -> int:
+    """DataLoader workers of a dacon.yaml trial given `cpus`: its num_workers, "auto" resolved as inside the
+    trial (its resources.cpu minus one), not from this process's CPUs."""
     from imgrestore.training.loop import loader_workers
 
-    return max(0, trial_cpus() - 1) if num_workers == "auto" else loader_workers(num_workers)
+    return max(0, cpus - 1) if num_workers == "auto" else loader_workers(num_workers)
 
 
 def model_grid(config: dict) -> list[dict]:
@@ -721,7 +728,8 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
     size, bs = setting["size"], setting["batch_size"]
     steps = QUICK["steps"] if quick else FULL["wait_steps"]
     first_cfg = training_cfg(grid[0])
-    workers = trial_workers(first_cfg["num_workers"])  # what a dacon.yaml trial gets, not this process
+    cpus = trial_cpus()
+    workers = trial_workers(first_cfg["num_workers"], cpus)  # what a dacon.yaml trial gets, not this process
     node_workers = loader_workers("auto")  # a trial given every core of this node
     dataset = RestorationDataset(frame, size, train=True, extra_damage=first_cfg["extra_damage"],
                                  flip=first_cfg["flip"], seed=0, uint8=True)  # as the training loop's
@@ -776,7 +784,7 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
             f"the training step), over {steps} step{'s' if steps > 1 else ''} after the first; loop.train_loader (the "
             f"{_prefill_of(first_cfg)[0]} prefill in its workers) over RestorationDataset(train=True, extra_damage "
             f"{first_cfg['extra_damage']}: dacon.yaml's highest), DataLoader num_workers {workers} (dacon.yaml's "
-            f"{first_cfg['num_workers']!r} with its resources.cpu {trial_cpus()}), uint8 batches converted on the "
+            f"{first_cfg['num_workers']!r} with its resources.cpu {cpus}), uint8 batches converted on the "
             f"device, pin_memory {gpu}, on {os.cpu_count()} CPUs; the loader alone: {alone_rate:.0f} images/s, first "
             f"batch after {first_s:.1f} s (worker start, paid every epoch){more}")
     return [row(DATA_WAIT_NAME, "; ".join(parts), note, gpu=gpu)]
