@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -33,16 +32,12 @@ from imgrestore.data.io import read_gray, read_rgb
 from imgrestore.data.masks import detect_mask, true_mask
 from imgrestore.metrics import score_image
 from imgrestore.models.color import compose_rgb
+from imgrestore.models.hue_prior import hue_histogram
 from imgrestore.training.checkpoint import load_model
 from imgrestore.training.data import to_tensors, to_uint8_restored
 
 SECTION = "## Hue headroom"
 KEYS = ("score", "ssim", "masked_ssim", "hist_sim")
-
-
-def hue_histogram(rgb: np.ndarray) -> np.ndarray:
-    """The metric's 180-bin OpenCV hue histogram (counts) of a uint8 RGB image."""
-    return cv2.calcHist([cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)], [0], None, [180], [0, 180]).ravel()
 
 
 class HueOfChroma:
