@@ -175,3 +175,44 @@ def test_predict_bad_input_is_an_error_line_and_status_2(tiny_dacon, checkpoint,
     err = capsys.readouterr().err
     assert f"{bad.name}: corrupt or unreadable image" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_hue_prior_decoding_keeps_the_gray_and_moves_the_hues(tiny_dacon, checkpoint, tiny_model, tmp_path,
+                                                             predict_main, capsys):
+    """--hue-prior: the same restorations, each pixel's gray unchanged, hues steered towards the training mean."""
+    import numpy as np
+
+    from imgrestore.data.io import read_rgb
+    from imgrestore.models.hue_prior import HuePrior, hue_histogram
+
+    ds = load_dataset(tiny_dacon)
+    prior = HuePrior().fit(read_rgb(p) for p in ds.train["gt_path"])
+    plain = write_submission(tiny_model, ds.test, tmp_path / "plain.zip", progress=False)
+    steered = write_submission(tiny_model, ds.test, tmp_path / "steered.zip", progress=False, hue_prior=prior)
+    assert check_submission(steered, ds.test) == len(ds.test)
+
+    def corr(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-30))
+
+    gains = []
+    with zipfile.ZipFile(plain) as zp, zipfile.ZipFile(steered) as zs:
+        for name in ds.test["name"]:
+            a = Image.open(io.BytesIO(zp.read(name)))
+            b = Image.open(io.BytesIO(zs.read(name)))
+            assert np.array_equal(np.asarray(a.convert("L")), np.asarray(b.convert("L")))
+            gains.append(corr(hue_histogram(np.asarray(b)), prior.histogram)
+                         - corr(hue_histogram(np.asarray(a)), prior.histogram))
+    assert min(gains) > 0.2  # the tiny model is gray: every image's hues come from the prior
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "cli.zip"
+    assert predict_main(["--model", str(checkpoint), "--data", str(tiny_dacon), "--out", str(out),
+                         "--tracking-uri", uri, "--hue-prior", str(tiny_dacon)]) == 0
+    assert "hue prior" in capsys.readouterr().out
+    with zipfile.ZipFile(out) as zc, zipfile.ZipFile(steered) as zs:
+        assert all(zc.read(n) == zs.read(n) for n in ds.test["name"])  # the same decoding, seeded
+    missing = tmp_path / "cli2.zip"
+    assert predict_main(["--model", str(checkpoint), "--data", str(tiny_dacon), "--out", str(missing),
+                         "--tracking-uri", uri, "--hue-prior", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err and not missing.exists()

@@ -108,8 +108,12 @@ def check_out(out: str | os.PathLike, overwrite: bool = False) -> None:
 
 
 def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.PathLike,
-                     device: str | torch.device = "cpu", progress: bool = True, comment: str | None = None) -> Path:
+                     device: str | torch.device = "cpu", progress: bool = True, comment: str | None = None,
+                     hue_prior=None) -> Path:
     """Restore every row of `test` (name, input_path) into the zip `out`, then check it.
+
+    `hue_prior`: an optional fitted ``imgrestore.models.hue_prior.HuePrior``; each restored image is then
+    decoded by it (its hues outside the detected regions steered towards the prior, the gray kept exactly).
 
     Every region with the damage signature is restored (imgrestore.data.masks.detect_regions); an input
     where none is found is restored with an all-zero mask. What was detected per input (regions, area,
@@ -129,6 +133,8 @@ def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.P
                 gray = read_gray(row.input_path, strict=True)
                 reports[row.name] = detect_regions(gray)
                 rgb = restore(model, gray, reports[row.name].mask, device)
+                if hue_prior is not None:
+                    rgb = hue_prior.transform(rgb, reports[row.name].mask)
                 buf = io.BytesIO()
                 Image.fromarray(rgb, "RGB").save(buf, format="PNG")
                 zf.writestr(row.name, buf.getvalue())
