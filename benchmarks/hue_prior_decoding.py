@@ -1,7 +1,8 @@
 """What hue-prior decoding (imgrestore.models.hue_prior) does to a trained model and to the classical restorers,
 on held-out photos.
 
-    python benchmarks/hue_prior_decoding.py --model CHAMPION_DIR --data DATASET [--limit N] [--write-docs docs/benchmarks.md]
+    python benchmarks/hue_prior_decoding.py --model CHAMPION_DIR --data DATASET [--limit N] \
+        [--write-docs docs/benchmarks.md]
 
 DATASET: a DACON-format folder whose test images have their truths in test_gt/ (what
 `pipelines/make_dataset.py` and `pipelines/benchmark.py` build). The prior is fitted on the dataset's training
@@ -82,9 +83,9 @@ def section(scores, desc, fit_s, steer_s, n, n_train, argv) -> str:
         d = "reference" if dec == "as is" else _delta(rows, scores[(name, "as is")])
         lines.append(f"| {name} | {dec} | {m['ssim']:.3f} | {m['masked_ssim']:.3f} | {m['hist_sim']:.3f} | "
                      f"{m['score']:.4f} | {d} |")
-    lines += ["", "Champion − fsr, per image: as is " + _delta(scores[("champion", "as is")], scores[("fsr", "as is")])
-              + "; both with the hue prior " + _delta(scores[("champion", "hue prior")], scores[("fsr", "hue prior")])
-              + "."]
+    as_is = _delta(scores[("champion", "as is")], scores[("fsr", "as is")])
+    decoded = _delta(scores[("champion", "hue prior")], scores[("fsr", "hue prior")])
+    lines += ["", f"Champion − fsr, per image: as is {as_is}; both with the hue prior {decoded}."]
     return "\n".join(lines) + "\n"
 
 

@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     except (OSError, mlflow.exceptions.MlflowException) as e:
         print(f"error: {zip_path} was written, but logging it to MLflow failed: {e}", file=sys.stderr)
         return 2
-    print(f"{'model':<12} {args.model}\n{'hue prior':<12} {args.hue_prior or 'none'}\n{'test images':<12} {len(test)}\n{'submission':<12} {zip_path.resolve()}")
+    print(f"{'model':<12} {args.model}\n{'hue prior':<12} {args.hue_prior or 'none'}\n"
+          f"{'test images':<12} {len(test)}\n{'submission':<12} {zip_path.resolve()}")
     return 0
 
 

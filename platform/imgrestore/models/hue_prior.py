@@ -13,7 +13,9 @@ the neutral gray of its own Pillow luma *that has the same Pillow luma* (so the 
 keep its own colour. Moving it to a hue bin costs the squared RGB distance to the nearest such colour in that
 bin. Which pixels go to which bins is an entropic optimal transport (Sinkhorn; Cuturi 2013) from the pixels
 (grouped by colour) to the target histogram minus what the fixed pixels already hold; each pixel then draws its
-bin from its row of the plan (identical colours drawing one argmax would pile into one bin) with a fixed seed.
+bin from its row of the plan (identical colours drawing one argmax would pile into one bin), by inverse-CDF
+sampling with one spatially smooth random field (seeded), so that neighbours draw alike: a faint smooth tint,
+not colour grain (on 34 held-out images a 4 px field gave +0.003 over independent draws, S 0.833 vs 0.829).
 Pixels inside the lost region keep the model's colour: there a changed colour also costs the masked SSIM.
 
 ``HuePrior``: ``fit`` on training truths, ``transform`` a restored image. Measured, not yet part of the champion:
@@ -33,6 +35,7 @@ import torch
 from .color import pillow_luma
 
 BINS = 180
+SMOOTH = 4.0  # px: the Gaussian blur of the field that couples neighbouring pixels' draws (_draw)
 _KEY = 4096  # cost * _KEY + candidate index packs a (cost, argmin) pair into one int64 for scatter_reduce
 
 
@@ -138,11 +141,27 @@ def steer_hues(rgb: np.ndarray, target: np.ndarray, free: np.ndarray, *, max_ste
     group_cost = cost[torch.from_numpy(groups[:, 0])] * torch.from_numpy(TEXTURE_WEIGHTS[groups[:, 1]]).float()[:, None]
     want_t = torch.from_numpy(want / want.sum() * n_free).float()
     plan = _sinkhorn(group_cost, torch.from_numpy(counts).float(), want_t, eps, iters)
-    gen = torch.Generator().manual_seed(seed)
-    pick = torch.multinomial(plan[inverse], 1, generator=gen)[:, 0]
+    pick = _draw(plan, inverse, free, seed)
     out = rgb.copy()
     out[free] = best[torch.from_numpy(col_of), pick].numpy()
     return out
+
+
+def _draw(plan: torch.Tensor, inverse: torch.Tensor, free: np.ndarray, seed: int,
+          smooth: float = SMOOTH) -> torch.Tensor:
+    """Each free pixel's bin, drawn from its group's row of the plan by inverse-CDF sampling with a spatially
+    smooth uniform field (blurred noise, ranked): neighbours get the same or nearby bins, so the change is a
+    faint smooth tint rather than grain (grain costs SSIM's structure term in flat areas; a smooth tint barely
+    moves its mean term)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(free.shape)
+    if smooth > 0:
+        noise = cv2.GaussianBlur(noise, (0, 0), smooth)
+    field = noise[free]
+    u = (np.argsort(np.argsort(field, kind="stable"), kind="stable") + 0.5) / field.size  # uniform on (0, 1)
+    cdf = torch.cumsum(plan[inverse], dim=1)
+    cdf = cdf / cdf[:, -1:]
+    return torch.searchsorted(cdf, torch.from_numpy(u).float()[:, None]).clamp(max=BINS - 1)[:, 0]
 
 
 SSIM_C2 = (0.03 * 255) ** 2
