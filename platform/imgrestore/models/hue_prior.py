@@ -48,6 +48,11 @@ def hue_histogram(rgb: np.ndarray, where: np.ndarray | None = None) -> np.ndarra
     return np.bincount(hue.ravel(), minlength=BINS).astype(np.float64)
 
 
+def hue_histogram_bins(colours: np.ndarray) -> np.ndarray:
+    """OpenCV hue bin of each of (N, 3) uint8-valued colours."""
+    return cv2.cvtColor(colours[None].astype(np.uint8), cv2.COLOR_RGB2HSV)[0, :, 0].astype(np.int64)
+
+
 @lru_cache(maxsize=None)
 def _offsets(max_step: int) -> np.ndarray:
     r = np.arange(-max_step, max_step + 1)
@@ -61,8 +66,7 @@ def same_luma_colours(luma: int, max_step: int) -> tuple[np.ndarray, np.ndarray]
     c = _offsets(max_step) + luma
     c = c[((c >= 0) & (c <= 255)).all(1)]
     c = c[pillow_luma(c) == luma]
-    hue = cv2.cvtColor(c[None].astype(np.uint8), cv2.COLOR_RGB2HSV)[0, :, 0].astype(np.int64)
-    return c, hue
+    return c, hue_histogram_bins(c)
 
 
 def _bin_costs(colours: np.ndarray, max_step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,11 +94,6 @@ def _bin_costs(colours: np.ndarray, max_step: int) -> tuple[torch.Tensor, torch.
     cost[torch.arange(U), own] = 0.0
     best[torch.arange(U), own] = torch.from_numpy(colours.astype(np.uint8))
     return cost, best
-
-
-def hue_histogram_bins(colours: np.ndarray) -> np.ndarray:
-    """OpenCV hue bin of each of (N, 3) uint8-valued colours."""
-    return cv2.cvtColor(colours[None].astype(np.uint8), cv2.COLOR_RGB2HSV)[0, :, 0].astype(np.int64)
 
 
 def _sinkhorn(cost: torch.Tensor, weights: torch.Tensor, target: torch.Tensor, eps: float, iters: int):
