@@ -29,17 +29,25 @@ SECTION = "## Main job on the embedded default"
 
 def score_held_out(work: Path, champion_uri: str, data: Path | None = None) -> dict[str, dict]:
     """method -> {"frame": per-image scores} on the embedded dataset's test set: the champion, then the classical
-    restorers. `work`: the folder tune.py ran in (its mlflow.db, and the dataset cache under cache/);
-    `data`: another DACON folder with test_gt/ instead of the embedded dataset."""
+    restorers (and, when demo.yaml has ``hue_prior``, each decoded with the prior of the search's training fold,
+    as the search offered them). `work`: the folder tune.py ran in (its mlflow.db, and the dataset cache under
+    cache/); `data`: another DACON folder with test_gt/ instead of the embedded dataset."""
     from imgrestore.benchmarking import quality
     from imgrestore.data.embedded import embedded_dataset
     from imgrestore.tracking.champion import load_restorer
+    from imgrestore.training.loop import read_split
+    from imgrestore.tuning.decoding import fit_prior
+    from imgrestore.tuning.space import load_space
 
     data = data or embedded_dataset(root=work / "cache" / "datasets")  # built by the run: found, not rebuilt
     test = quality.load_test_set(data)
     champion = load_restorer(champion_uri, f"sqlite:///{work / 'mlflow.db'}")
     rows = {"demo champion": {"frame": quality.score_method(test, quality.model_predictor(champion))}}
-    for name, predict in quality.classical_predictors().items():
+    config = load_space(ROOT / "search_spaces" / "demo.yaml").config
+    prior = None
+    if config.get("hue_prior") and (data / "train_preproc_1.csv").is_file():
+        prior = fit_prior(read_split(str(data), None, int(config.get("val_fold", 0)))[0])
+    for name, predict in quality.classical_predictors(prior).items():
         rows[f"classical: {name}"] = {"frame": quality.score_method(test, predict)}
     return rows
 

@@ -41,6 +41,7 @@ def measure(model_dir: Path, data: Path, limit: int | None):
     if not test_gt.is_dir():
         raise FileNotFoundError(f"{test_gt}: missing; this benchmark needs the held-out truths")
     restorers = {"champion": load_model(model_dir).eval(), **{n: create_model(n).eval() for n in CLASSICAL}}
+    restorers["champion"].hue_prior = None  # "as is": a champion chosen with the decoding carries its own prior
     t0 = time.perf_counter()
     prior = HuePrior().fit(read_rgb(p) for p in tqdm(ds.train["gt_path"], desc="fit the prior"))
     fit_s = time.perf_counter() - t0

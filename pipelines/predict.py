@@ -7,10 +7,11 @@
 may be absent or broken. --input takes any folder of damaged gray images. Every input is validated
 before the model is loaded. Bad input: `error: <message>` on stderr, exit status 2.
 
---hue-prior DACON_DIR: decode every restored image with the hue prior fitted on DACON_DIR's training truths
-(imgrestore.models.hue_prior: the hues outside the lost regions steered towards the training photos' mean hue
-histogram by faint chroma, each pixel's gray kept exactly). It raises the metric's hue term for any restorer,
-classical ones alike (docs/benchmarks.md, "Hue-prior decoding"); the search does not use it.
+A model decodes with the hue prior its checkpoint carries, if any (imgrestore.models.hue_prior: the hues outside
+the lost regions steered towards the training photos' mean hue histogram by faint chroma, each pixel's gray kept
+exactly; a search with `hue_prior: true` keeps it for the champion when it scores higher on validation).
+--hue-prior DACON_DIR: decode with a prior fitted on DACON_DIR's training truths instead (any restorer, classical
+ones alike); --no-hue-prior: decode without one.
 
 An existing --out is replaced only if it is a submission zip imgrestore wrote (its comment names the run that
 wrote it, and the replacement is announced); any other file there is an error unless --overwrite is given.
@@ -77,6 +78,14 @@ def fit_hue_prior(data: str | None) -> HuePrior | None:
     return HuePrior().fit(read_rgb(p) for p in tqdm(train["gt_path"], desc="fitting the hue prior"))
 
 
+def describe_prior(model, data: str | None) -> str:
+    """What the restorations are decoded with, for the log and the MLflow params."""
+    prior = getattr(model, "hue_prior", None)
+    if prior is None:
+        return "none"
+    return f"fitted on {data}" if data else f"the model's own ({prior.n_images or '?'} training truths)"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint folder, or models:/NAME@champion")
@@ -90,8 +99,10 @@ def main(argv=None) -> int:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     p.add_argument("--experiment", default="predict", help="MLflow experiment the prediction run is logged to")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--hue-prior", metavar="DACON_DIR",
-                   help="decode with the hue prior fitted on this DACON folder's training truths (see above)")
+    decode = p.add_mutually_exclusive_group()
+    decode.add_argument("--hue-prior", metavar="DACON_DIR",
+                        help="decode with the hue prior fitted on this DACON folder's training truths (see above)")
+    decode.add_argument("--no-hue-prior", action="store_true", help="decode without the model's hue prior")
     args = p.parse_args(argv)
 
     try:
@@ -102,9 +113,11 @@ def main(argv=None) -> int:
         hue_prior = fit_hue_prior(args.hue_prior)
         tracking_uri = setup_tracking(args.tracking_uri)
         model = load_model(args.model, tracking_uri, device)
+        if hue_prior is not None or args.no_hue_prior:
+            model.hue_prior = hue_prior
+        decoding = describe_prior(model, args.hue_prior)
         zip_path = write_submission(model, test, out, device=device,
-                                    comment=submission_comment(f"predict.py --model {args.model}"),
-                                    hue_prior=hue_prior)
+                                    comment=submission_comment(f"predict.py --model {args.model}"))
     except (ValueError, OSError, mlflow.exceptions.MlflowException) as e:  # DatasetError, SubmissionError too
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -112,12 +125,12 @@ def main(argv=None) -> int:
         with mlflow.start_run(experiment_id=get_or_create_experiment(args.experiment, tracking_uri),
                               run_name=f"predict {zip_path.name}"):
             mlflow.log_params({"model": args.model, "data": str(source_dir), "n_test": len(test),
-                               "hue_prior": args.hue_prior or "none"})
+                               "hue_prior": decoding})
             mlflow.log_artifact(str(zip_path))
     except (OSError, mlflow.exceptions.MlflowException) as e:
         print(f"error: {zip_path} was written, but logging it to MLflow failed: {e}", file=sys.stderr)
         return 2
-    print(f"{'model':<12} {args.model}\n{'hue prior':<12} {args.hue_prior or 'none'}\n"
+    print(f"{'model':<12} {args.model}\n{'hue prior':<12} {decoding}\n"
           f"{'test images':<12} {len(test)}\n{'submission':<12} {zip_path.resolve()}")
     return 0
 

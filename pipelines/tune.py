@@ -37,14 +37,14 @@ from imgrestore.data.embedded import embedded_dataset
 from imgrestore.data.io import ImageReadError
 from imgrestore.embedding.embedders import DEFAULT_CLIP, normalize_spec
 from imgrestore.embedding.hub import cached_weights, hub_reachable
-from imgrestore.models import create_model
 from imgrestore.preprocess import preprocess_params, run_preprocess, stale_reason
 from imgrestore.submission.predict import check_out, submission_comment, write_submission
 from imgrestore.tracking import setup_tracking
 from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
 from imgrestore.tracking.tune_callback import TRIAL_TAG
 from imgrestore.training.checkpoint import save_model
-from imgrestore.tuning.baselines import validation_config
+from imgrestore.tuning.baselines import label, validation_config
+from imgrestore.tuning.decoding import classical_champion
 from imgrestore.tuning.polish import select_champion
 from imgrestore.tuning.search import SearchInterrupted, latest_experiment, run_search
 from imgrestore.tuning.space import check_space, load_space
@@ -233,19 +233,21 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
         if sel.error:
             print(f"warning: {sel.error}", file=sys.stderr)
         if polished:
-            print("inference prefill on validation: " + ", ".join(f"{k} {v:.4f}" for k, v in polished.scores.items())
-                  + f" -> {polished.prefill}")
+            print("inference prefill and decoding on validation: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in polished.scores.items())
+                  + f" -> {label(polished.prefill, polished.decoding)}")
         if choice.kind == "trial":
             run_id = _trial_run(client, outcome, choice.name, TRIAL_TAG) or outcome.parent_run_id
             ckpt_dir = sel.checkpoint
             what = (f"{best.config['model']['name']} from trial {choice.name}, epoch {best_epoch.get('epoch')}, "
-                    f"prefill {polished.prefill}; margin over the best classical restorer "
+                    f"prefill {label(polished.prefill, polished.decoding)}; margin over the best classical restorer "
                     f"({choice.best_classical}): {choice.margin:+.4f}")
         else:
             run_id = outcome.parent_run_id
-            ckpt_dir = save_model(create_model(choice.name), Path(tmp) / choice.name)
-            what = (f"classical restorer {choice.name}: no trial beat it on validation (best trial "
-                    f"{'none' if polished is None else f'{polished.score:.4f}'})")
+            restorer = classical_champion(choice.name, choice.decoding, dataset.root, split_csv, val["val_fold"])
+            ckpt_dir = save_model(restorer, Path(tmp) / choice.name)
+            what = (f"classical restorer {label(choice.name, choice.decoding)}: no trial beat it on validation "
+                    f"(best trial {'none' if polished is None else f'{polished.score:.4f}'})")
         description = f"validation score {choice.score:.4f}; {what}"
         model_uri, version, alias = log_champion(ckpt_dir, run_id, name, tracking_uri, choice.score, fingerprint,
                                                  description, tags={"search_run": outcome.parent_run_id,

@@ -44,6 +44,7 @@ config:
   image_size: null
   epochs: {epochs}
   max_val_images: 4
+  hue_prior: true
 """
 
 

@@ -131,15 +131,15 @@ def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
 
     quality = tables_under(text, "### Held-out test set (6 images; best test score in bold)")[0]
     methods = [r["method"] for r in quality]
-    assert methods[:8] == [
-        "classical: input_copy", "classical: telea", "classical: navier_stokes", "classical: fsr",
-        "telea + global mean Cb/Cr", "telea + cluster Cb/Cr by luma", "seed recipe, KFold validation",
-        "platform champion"]
-    assert methods[8:] in ([], ["best trial (lost on validation)"])  # when a classical restorer won
+    classical = ["classical: input_copy", "classical: telea", "classical: navier_stokes", "classical: fsr"]
+    assert methods[:12] == [*classical, *(f"{c} + hue prior" for c in classical),  # cpu.yaml: hue_prior true
+                            "telea + global mean Cb/Cr", "telea + cluster Cb/Cr by luma",
+                            "seed recipe, KFold validation", "platform champion"]
+    assert methods[12:] in ([], ["best trial (lost on validation)"])  # when a classical restorer won
     for row in quality:
         for col in ("test S", "test M", "test C", "test score"):
             assert math.isfinite(number(row[col])) and -1 <= number(row[col]) <= 1, (row["method"], col)
-    for row in quality[:4] + quality[6:]:  # classical: the search's baselines; models: their validation
+    for row in quality[:8] + quality[10:]:  # classical: the search's baselines; models: their validation
         assert math.isfinite(number(row["val score"])) and math.isfinite(number(row["gap (val − test)"]))
     champion = text[text.index("### The champion"):text.index("### Ablations")]
     assert "A learned family won: yes." in champion or "A learned family won: no" in champion

@@ -283,3 +283,42 @@ def test_clustering_task_on_a_cpu_cluster(ray_local, fitted):
     if not cuml_available()[0]:
         with pytest.raises(RuntimeError, match="backend='cuml'.*the task had no GPU"):
             run_clustering(X, None, params, backend="cuml")
+
+
+def test_source_photos_stay_on_one_side_with_their_clusters():
+    """sources (the photo each crop came from): crops of one photo in different clusters, and noise crops,
+    all land in one fold; without sources the same labels leak photos across folds."""
+    from imgrestore.clustering.split import leakage_groups
+
+    rng = np.random.default_rng(0)
+    n = 300
+    photos = rng.integers(0, 60, n)
+    labels = photos % 20                      # 20 clusters of 3 photos each...
+    stray = rng.random(n) < 0.08
+    labels[stray] = rng.integers(-1, 20, stray.sum())  # ...but some crops land in another cluster, or in noise
+    photos[:5] = 999                          # one photo whose crops are all noise
+    labels[:5] = -1
+    sources = [f"photo-{p}" for p in photos]
+    sources[10] = None                        # an image of unknown source: its own cluster still holds it
+
+    def leaks(folds):
+        return sum(len(set(folds[photos == p])) > 1 for p in np.unique(photos))
+
+    assert leaks(group_folds(labels, n_splits=5, seed=1)) > 0
+    groups = leakage_groups(labels, sources)
+    for key in (labels[labels >= 0], photos):  # same cluster or same photo: same group
+        for v in np.unique(key):
+            sel = (labels == v) if key is not photos else (photos == v)
+            if key is not photos:
+                sel &= labels >= 0
+            assert len(set(groups[sel])) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few groups for 5 folds is fine here
+        folds = group_folds(labels, n_splits=5, seed=1, sources=sources)
+    assert leaks(folds) == 0 and len(set(folds)) >= 2
+    assert (folds == 0).sum() <= np.ceil(n / len(set(folds)) * 1.25)  # the giant joined group is not fold 0
+    check_no_leak(labels, folds)
+    assert len(set(folds[:5])) == 1           # the noise-only photo is one group too
+    assert np.array_equal(leakage_groups(labels), cluster_groups(labels))
+    with pytest.raises(ValueError, match="sources has 3 entries"):
+        leakage_groups(labels, ["a", "b", "c"])

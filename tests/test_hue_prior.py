@@ -99,11 +99,19 @@ def test_bad_inputs_are_clear_errors():
         HuePrior().fit([])
 
 
-def test_prior_is_the_mean_normalised_histogram_and_round_trips():
+def test_prior_has_the_highest_mean_correlation_with_its_images_and_round_trips():
     images = [photo(i, 32) for i in range(3)]
     prior = HuePrior().fit(images)
-    expected = np.mean([h / h.sum() for h in map(hue_histogram, images)], axis=0)
-    assert np.allclose(prior.histogram, expected)
+    hists = [hue_histogram(im) for im in images]
+
+    def mean_corr(h):
+        return np.mean([np.corrcoef(h, t)[0, 1] for t in hists])
+
+    assert (prior.histogram >= 0).all()
+    rivals = [np.mean([h / h.sum() for h in hists], axis=0), *hists]
+    rng = np.random.default_rng(0)
+    rivals += [prior.histogram + rng.normal(0, prior.histogram.std() * 0.3, BINS) for _ in range(5)]
+    assert all(mean_corr(prior.histogram) > mean_corr(r) + 1e-9 for r in rivals)
     again = HuePrior.from_config(prior.to_config())
     assert np.allclose(again.histogram, prior.histogram, atol=1e-8)
     assert HuePrior.from_config(None) is None
@@ -112,3 +120,19 @@ def test_prior_is_the_mean_normalised_histogram_and_round_trips():
     out = prior.transform(images[0], mask)
     assert np.array_equal(out[mask], images[0][mask])
     assert np.array_equal(pillow_luma(out), pillow_luma(images[0]))
+
+
+def test_a_target_with_empty_bins_keeps_every_pixel_valid():
+    """Bins the target leaves at 0 (the fitted prior's minimum is exactly 0): every pixel still gets a colour of
+    its own gray, none an arbitrary one from a plan row of zeros."""
+    rng = np.random.default_rng(3)
+    rgb = np.repeat(rng.integers(0, 256, (24, 24, 1), dtype=np.uint8), 3, axis=2)
+    rgb[:4] = 0  # black pixels reach few hue bins
+    target = np.zeros(BINS)
+    target[60] = 1.0  # green only
+    free = np.ones((24, 24), bool)
+    out = steer_hues(rgb, target, free)
+    assert np.array_equal(pillow_luma(out), pillow_luma(rgb))
+    assert (np.abs(out.astype(int) - rgb.astype(int)) <= 12).all()  # within max_step of its own gray
+    with pytest.raises(ValueError, match="eps must be positive"):
+        steer_hues(rgb, target, free, eps=0.0)

@@ -185,3 +185,23 @@ def test_cli_corrupt_image_is_an_error_line(tmp_path, corrupt_png):
                            "--no-mlflow"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"train_gt/{bad.name}: corrupt or unreadable image" in proc.stderr
+
+
+def test_crops_of_one_photo_stay_on_one_side(ray_local, tiny_dacon, tmp_path):
+    """A dataset built from photos records each crop's photo (sources.csv): no validation image may have a
+    sibling crop in training, whatever the clusters say."""
+    from imgrestore.benchmarking.quality import photo_overlap
+    from imgrestore.preprocess import train_sources
+
+    res = run_preprocess(tiny_dacon, tmp_path / "out", n_folds=3, log_mlflow=False)
+    assert res.summary["folds_group_source_photos"] is True
+    split = Path(res.paths["train_csv"])
+    folds = pd.read_csv(split)["fold"]
+    assert res.summary["n_folds"] >= 2 and (folds != 0).sum() >= len(folds) / 2  # a real split, not all in fold 0
+    for fold in range(res.summary["n_folds"]):
+        assert photo_overlap(split, tiny_dacon / "sources.csv", fold) == 0
+    names = pd.read_csv(split)["name"]
+    assert train_sources(tmp_path, names) is None  # no sources.csv: a real DACON folder
+    (tmp_path / "sources.csv").write_text("split,image\ntrain,x\n")
+    with pytest.raises(ValueError, match="sources.csv: not a sources file"):
+        train_sources(tmp_path, names)

@@ -179,16 +179,29 @@ def test_predict_bad_input_is_an_error_line_and_status_2(tiny_dacon, checkpoint,
 
 def test_hue_prior_decoding_keeps_the_gray_and_moves_the_hues(tiny_dacon, checkpoint, tiny_model, tmp_path,
                                                              predict_main, capsys):
-    """--hue-prior: the same restorations, each pixel's gray unchanged, hues steered towards the training mean."""
+    """A model carrying a hue prior: the same restorations, each pixel's gray unchanged, hues steered towards
+    the training mean; the prior travels in the checkpoint; --hue-prior / --no-hue-prior replace or drop it."""
+    import copy
+
     import numpy as np
 
     from imgrestore.data.io import read_rgb
     from imgrestore.models.hue_prior import HuePrior, hue_histogram
+    from imgrestore.training.checkpoint import load_model, save_model
 
     ds = load_dataset(tiny_dacon)
     prior = HuePrior().fit(read_rgb(p) for p in ds.train["gt_path"])
     plain = write_submission(tiny_model, ds.test, tmp_path / "plain.zip", progress=False)
-    steered = write_submission(tiny_model, ds.test, tmp_path / "steered.zip", progress=False, hue_prior=prior)
+    decoding = copy.deepcopy(tiny_model)
+    decoding.hue_prior = prior
+    steered = write_submission(decoding, ds.test, tmp_path / "steered.zip", progress=False)
+    from imgrestore.data.io import read_gray
+    from imgrestore.data.masks import detect_mask
+    from imgrestore.submission.predict import restore
+
+    gray = read_gray(ds.test["input_path"].iloc[0])
+    mask = detect_mask(gray)
+    assert np.array_equal(restore(decoding, gray, mask), prior.transform(restore(tiny_model, gray, mask), mask))
     assert check_submission(steered, ds.test) == len(ds.test)
 
     def corr(a, b):
@@ -212,6 +225,15 @@ def test_hue_prior_decoding_keeps_the_gray_and_moves_the_hues(tiny_dacon, checkp
     assert "hue prior" in capsys.readouterr().out
     with zipfile.ZipFile(out) as zc, zipfile.ZipFile(steered) as zs:
         assert all(zc.read(n) == zs.read(n) for n in ds.test["name"])  # the same decoding, seeded
+    saved = save_model(decoding, tmp_path / "with_prior")
+    assert load_model(saved).hue_prior.n_images == len(ds.train)
+    for flags, same_as in (([], steered), (["--no-hue-prior"], plain)):
+        out = tmp_path / f"cli{len(flags)}.zip"
+        assert predict_main(["--model", str(saved), "--data", str(tiny_dacon), "--out", str(out),
+                             "--tracking-uri", uri, *flags]) == 0
+        assert ("the model's own" in capsys.readouterr().out) == (not flags)
+        with zipfile.ZipFile(out) as zc, zipfile.ZipFile(same_as) as zs:
+            assert all(zc.read(n) == zs.read(n) for n in ds.test["name"])
     missing = tmp_path / "cli2.zip"
     assert predict_main(["--model", str(checkpoint), "--data", str(tiny_dacon), "--out", str(missing),
                          "--tracking-uri", uri, "--hue-prior", str(tmp_path / "nope")]) == 2

@@ -60,7 +60,7 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
     assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning" in out
     summary = json.loads(out.strip().splitlines()[-1])
     for name in ("input_copy", "telea", "navier_stokes", "fsr"):  # measured beside the trials, in the summary
-        assert f"  {name} " in out
+        assert f"  {name} " in out and f"  {name} + hue prior " in out
 
     client = MlflowClient(uri)
     assert client.get_experiment_by_name("preprocess") is not None
@@ -71,7 +71,8 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert {"best_score", "best_ssim", "best_masked_ssim", "best_hist_sim", "champion_val_score",
-            "champion_margin", "baseline_telea_score", "baseline_fsr_score"} <= set(parent.data.metrics)
+            "champion_margin", "baseline_telea_score", "baseline_fsr_score",
+            "baseline_fsr_hue_prior_score"} <= set(parent.data.metrics)  # hue_prior: every restorer decoded too
     baselines = {k: v for k, v in parent.data.metrics.items() if k.startswith("baseline_") and k.endswith("_score")}
     # the champion is never below the best classical restorer on the same validation images
     assert parent.data.metrics["champion_val_score"] >= max(baselines.values()) - 1e-12

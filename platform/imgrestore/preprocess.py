@@ -12,6 +12,9 @@ add one; `backend` ("auto", "cuml", "cpu": callers such as tune.py pass their --
 on the node that runs that task. The backend used and where it ran are in the summary ("backend",
 "cluster_placement"), the log and the MLflow run (params backend_used, cluster_num_gpus, cluster_host).
 
+Folds keep every cluster on one side (imgrestore.clustering.split.group_folds); in a dataset built from photos
+(imgrestore.data.build writes sources.csv: each crop's photo), every photo's crops too.
+
 Train images are embedded from train_gt (as the original pipeline did), test images from test_input. Paths in
 the CSVs are relative to out_dir ("./train_input/x.png") when the files lie under it, absolute otherwise.
 `is_stale` compares preprocess_meta.json (parameters + a fingerprint of the dataset's files: names, sizes,
@@ -35,7 +38,9 @@ from imgrestore.data.dacon import FOLDERS, IMAGE_SUFFIXES, load_dataset
 from imgrestore.data.io import write_csv, write_text
 
 log = logging.getLogger(__name__)
-VERSION = 2  # 2: folds stratified over clusters (fold 0 no longer one cluster); fold_clusters in the summary
+VERSION = 3  # 2: folds stratified over clusters (fold 0 no longer one cluster); fold_clusters in the summary
+# 3: with sources.csv (a dataset built from photos), every source photo's crops on one side of the split too
+SOURCES = "sources.csv"  # written by imgrestore.data.build: split, img_id, photo, ...
 TRAIN_CSV, TEST_CSV = "train_preproc_1.csv", "test_preproc_1.csv"
 SUBDIR, META, SUMMARY, MAP_PNG = "preprocess", "preprocess_meta.json", "preprocess_summary.json", "cluster_map.png"
 DEFAULTS = dict(embedder="effnet-lite0", backend="auto", n_folds=5, seed=42, n_neighbors=5, min_dist=0.0,
@@ -55,7 +60,7 @@ def preprocess_params(**overrides) -> dict:
 
 
 def dataset_fingerprint(data_dir: str | os.PathLike) -> str:
-    """sha256 over the image files' names, sizes and mtimes and over train.csv / test.csv bytes."""
+    """sha256 over the image files' names, sizes and mtimes and over train.csv / test.csv / sources.csv bytes."""
     root = Path(data_dir)
     h = hashlib.sha256()
     for folder in FOLDERS:
@@ -64,7 +69,7 @@ def dataset_fingerprint(data_dir: str | os.PathLike) -> str:
         for p in files:
             st = p.stat()
             h.update(f"{folder}/{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    for csv in ("train.csv", "test.csv"):
+    for csv in ("train.csv", "test.csv", SOURCES):
         if (root / csv).is_file():
             h.update(csv.encode() + hashlib.sha256((root / csv).read_bytes()).digest())
     return h.hexdigest()
@@ -172,6 +177,7 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
     log.info("preprocess %s -> %s (%s)", data_dir, out, reason)
     fingerprint = dataset_fingerprint(data_dir)
     ds = load_dataset(data_dir, require_test=False)
+    sources = train_sources(data_dir, ds.train["name"])  # read before the expensive work: a bad file fails now
     train_paths, test_paths = list(ds.train["gt_path"]), list(ds.test["input_path"])
 
     t0 = time.perf_counter()
@@ -195,7 +201,7 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
              where["host"], placement["num_gpus_requested"], placement["reason"], cluster_s,
              f"; not cuML: {placement['why_not_cuml']}" if placement["why_not_cuml"] else "")
     try:
-        folds = group_folds(labels, n_folds, seed)
+        folds = group_folds(labels, n_folds, seed, sources=sources)
         fold_note = None
     except ValueError as e:  # one train image: nothing to split
         log.warning("no leakage-free split possible (%s): every image in fold 0", e)
@@ -220,6 +226,7 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
                "fold_sizes": np.bincount(folds).tolist(), "fold_note": fold_note,
                "fold_clusters": [d["clusters"] for d in fold_stats], "fold_noise": [d["noise"] for d in fold_stats],
                "fold_largest_cluster_share": [round(d["largest_cluster_share"], 4) for d in fold_stats],
+               "folds_group_source_photos": sources is not None,
                "test_noise_share": float((test_labels < 0).mean()) if len(test) else 0.0,
                "n_embedded": int(emb.attrs["n_embedded"]), "n_cached": int(emb.attrs["n_cached"]),
                "embed_seconds": round(embed_s, 3), "cluster_seconds": round(cluster_s, 3)}
@@ -230,6 +237,20 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_text(paths["meta"], json.dumps(meta, indent=2))
     return PreprocessResult(train, test, summary, {k: str(v) for k, v in paths.items()}, run_id, reused=False)
+
+
+def train_sources(data_dir: Path, names) -> list | None:
+    """The source photo of each training image (by name) from the dataset's sources.csv, or None without one
+    (a real DACON folder: its images are distinct photos). An image missing from it has no known source."""
+    path = Path(data_dir) / SOURCES
+    if not path.is_file():
+        return None
+    try:
+        src = pd.read_csv(path, dtype={"img_id": str})
+        photo = dict(zip(src.loc[src["split"] == "train", "img_id"], src.loc[src["split"] == "train", "photo"]))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a sources file (columns split, img_id, photo): {e}") from None
+    return [photo.get(Path(n).stem) for n in names]
 
 
 def _log_mlflow(summary: dict, paths: dict, tracking_uri, experiment: str, data_dir: Path) -> str:

@@ -73,11 +73,20 @@ def model_predictor(model) -> Callable[[TestImage], np.ndarray]:
     return lambda im: restore(model, im.gray, im.detected)
 
 
-def classical_predictors() -> dict[str, Callable[[TestImage], np.ndarray]]:
-    """The registered classical restorers (input_copy, telea, navier_stokes, fsr) at their defaults."""
+def classical_predictors(hue_prior=None) -> dict[str, Callable[[TestImage], np.ndarray]]:
+    """The registered classical restorers (input_copy, telea, navier_stokes, fsr) at their defaults, by label;
+    with a fitted `hue_prior`, each also decoded by it ("fsr + hue prior"), as a search with `hue_prior` offers."""
     from imgrestore.models import create_model
+    from imgrestore.tuning.baselines import label
+    from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR
 
-    return {name: model_predictor(create_model(name)) for name in CLASSICAL_FAMILIES}
+    out = {}
+    for decoding in (AS_IS, HUE_PRIOR) if hue_prior is not None else (AS_IS,):
+        for name in CLASSICAL_FAMILIES:
+            model = create_model(name)
+            model.hue_prior = hue_prior if decoding == HUE_PRIOR else None
+            out[label(name, decoding)] = model_predictor(model)
+    return out
 
 
 # -- colour from the training truths: a cheap prior, to show what a mean colour does to the hue term --------

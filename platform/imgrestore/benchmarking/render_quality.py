@@ -9,6 +9,7 @@ import numpy as np
 
 from imgrestore.benchmarking.report import fmt, header, model_desc, table
 from imgrestore.benchmarking.runner import BEST_TRIAL, CHAMPION, SEED
+from imgrestore.tuning.baselines import label
 
 QUALITY = "## Restoration quality"
 SHORT = {"telea + global mean Cb/Cr": "telea+mean", "telea + cluster Cb/Cr by luma": "telea+LUT",
@@ -118,17 +119,20 @@ def champion_lines(res) -> list[str]:
         out.append(f"- chosen: {model_desc(c['model'])}, trial {trial['id']}, epoch {trial['epoch']}. A learned "
                    "family won: yes.")
     else:
-        out.append(f"- chosen: the classical restorer `{choice.name}`. A learned family won: no - "
+        out.append(f"- chosen: the classical restorer `{label(choice.name, choice.decoding)}`. A learned family "
+                   "won: no - "
                    + (f"the best trial scored {fmt(trial['score'], 4)} on validation after polish, below it."
                       if trial else f"no trial left a checkpoint ({champ.get('error')})."))
     if trial:
         out.append(f"- the best trial's config: `{'; '.join(flat_config(trial['config']))}`")
         out.append(f"- validation: polish scored {', '.join(f'{k} {v:.4f}' for k, v in trial['scores'].items())} "
-                   f"and kept {trial['prefill']}; the best classical restorer on the same images, "
+                   f"and kept {label(trial['prefill'], trial.get('decoding'))}; the best classical restorer on "
+                   "the same images, "
                    f"`{choice.best_classical}`, {fmt(choice.best_classical_score, 4)}: margin (best trial − it) "
                    f"{trial['score'] - choice.best_classical_score:+.4f}.")
     f = c["frame"]
-    versus = (f"champion − it {paired_text(c, q[bc])}" if won or choice.name != q[bc]["family"]
+    same = not won and label(choice.name, choice.decoding) == q[bc]["family"]
+    versus = (f"champion − it {paired_text(c, q[bc])}" if not same
               else "the champion is that restorer")
     out.append(f"- held-out test: {fmt(test_score(c), 4)} (S {fmt(f['ssim'].mean())}, M {fmt(f['masked_ssim'].mean())}"
                f", C {fmt(f['hist_sim'].mean())}); validation − test {c['val_score'] - test_score(c):+.4f}; the best "

@@ -174,7 +174,8 @@ def model_desc(model: dict | None) -> str:
              f"prefill {model['prefill']}" if "prefill" in model else "",
              f"encoder {model['encoder']}" if "encoder" in model else "",
              "encoder random-init" if model.get("pretrained") is False else "",
-             "encoder frozen" if model.get("freeze_encoder") else ""]
+             "encoder frozen" if model.get("freeze_encoder") else "",
+             f"decoding {model['decoding']}" if model.get("decoding") not in (None, "none") else ""]
     return f"{model['name']} " + ", ".join(p for p in parts if p) if any(parts) else model["name"]
 
 

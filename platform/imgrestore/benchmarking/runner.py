@@ -159,23 +159,31 @@ def search(cfg: BenchConfig, space, data_dir: Path):
     return outcome, info
 
 
-def champion(cfg: BenchConfig, space, outcome, split_csv) -> dict:
+def champion(cfg: BenchConfig, space, outcome, split_csv, data_dir: Path) -> dict:
     """Exactly pipelines/tune.py's choice (imgrestore.tuning.polish.select_champion)."""
-    from imgrestore.training.checkpoint import load_model
+    from imgrestore.training.checkpoint import load_model, save_model
+    from imgrestore.tuning.decoding import classical_champion
     from imgrestore.tuning.polish import select_champion
 
     out = cfg.work / "champion"
     shutil.rmtree(out, ignore_errors=True)
     sel = select_champion(outcome, space, split_csv, out)
+    if sel.choice.kind == "classical":  # as pipelines/tune.py registers it: its prior fitted on the training fold
+        model = classical_champion(sel.choice.name, sel.choice.decoding, data_dir, split_csv,
+                                   space.config.get("val_fold", 0))
+        classical_dir = str(save_model(model, out / "classical"))
+    else:
+        classical_dir = None
     if sel.error:
         print(f"[benchmark] warning: {sel.error}", flush=True)
-        return {"choice": sel.choice, "trial": None, "error": sel.error, "baselines": outcome.baselines}
+        return {"choice": sel.choice, "trial": None, "error": sel.error, "baselines": outcome.baselines,
+                "classical_dir": classical_dir}
     polished, row = sel.polished, sel.best_epoch
     trial = {"id": row.get("trial_id"), "epoch": int(row["epoch"]), "config": sel.best.config,
              "dir": str(out / "trial"), "base_prefill": load_model(out / "trial").prefill_method,
-             "prefill": polished.prefill, "score": polished.score, "scores": polished.scores,
-             "polished_dir": str(polished.checkpoint)}
-    return {"choice": sel.choice, "trial": trial, "baselines": outcome.baselines}
+             "prefill": polished.prefill, "decoding": polished.decoding, "score": polished.score,
+             "scores": polished.scores, "polished_dir": str(polished.checkpoint)}
+    return {"choice": sel.choice, "trial": trial, "baselines": outcome.baselines, "classical_dir": classical_dir}
 
 
 def champion_model(champ: dict):
@@ -183,15 +191,15 @@ def champion_model(champ: dict):
     from imgrestore.training.checkpoint import load_model
 
     choice = champ["choice"]
-    return load_model(champ["trial"]["polished_dir"]) if choice.kind == "trial" else create_model(choice.name)
+    return load_model(champ["trial"]["polished_dir"] if choice.kind == "trial" else champ["classical_dir"])
 
 
 def champion_desc(champ: dict) -> dict:
     """The champion's model config: the trial's, with the prefill polish chose; or the classical family."""
     choice, trial = champ["choice"], champ["trial"]
     if choice.kind == "classical":
-        return {"name": choice.name}
-    return {**trial["config"]["model"], "prefill": trial["prefill"]}
+        return {"name": choice.name, "decoding": choice.decoding}
+    return {**trial["config"]["model"], "prefill": trial["prefill"], "decoding": trial.get("decoding", "none")}
 
 
 # -- ablations and the seed's recipe --------------------------------------------------------------------------
@@ -226,15 +234,18 @@ def side_runs(cfg: BenchConfig, data_dir: Path, pre, champ: dict, space) -> dict
 
 
 # -- the held-out test set ---------------------------------------------------------------------------------------
-def score_all(test, prior, champ: dict, side: dict, pre, data_dir: Path) -> tuple[dict, dict]:
-    """(main rows, ablation rows): per-image test scores of every method, with its validation figures."""
+def score_all(test, prior, champ: dict, side: dict, pre, data_dir: Path, hue_prior=None) -> tuple[dict, dict]:
+    """(main rows, ablation rows): per-image test scores of every method, with its validation figures.
+    `hue_prior`: the search's (fitted on its training fold) when the space has ``hue_prior``: the classical
+    restorers are then also scored decoded, as the search scored them."""
     from imgrestore.training.checkpoint import load_model
+    from imgrestore.tuning.baselines import label
 
     group = {"val_split": "cluster-group fold",
              "overlap": quality.photo_overlap(Path(pre.paths["train_csv"]), data_dir / "sources.csv")}
-    val = {r["name"]: r for r in champ["baselines"].to_dict("records")}
+    val = {label(r["name"], r.get("decoding", "none")): r for r in champ["baselines"].to_dict("records")}
     rows = {}
-    for name, fn in quality.classical_predictors().items():
+    for name, fn in quality.classical_predictors(hue_prior).items():
         rows[f"classical: {name}"] = {"frame": quality.score_method(test, fn), "kind": "classical", "family": name,
                                       "val_score": val.get(name, {}).get("score"), "model": {"name": name}, **group}
     for name, fn in quality.prior_predictors(prior).items():
@@ -257,9 +268,12 @@ def score_all(test, prior, champ: dict, side: dict, pre, data_dir: Path) -> tupl
     if choice.kind == "classical":  # the best trial still shows how far the learned models got
         rows[BEST_TRIAL] = {"frame": quality.score_method(test, quality.model_predictor(load_model(
             trial["polished_dir"]))), "kind": "trial", "val_score": trial["score"], "best_epoch": trial["epoch"],
-            "model": {**trial["config"]["model"], "prefill": trial["prefill"]}, **group}  # as polished
+            "model": {**trial["config"]["model"], "prefill": trial["prefill"],
+                      "decoding": trial.get("decoding", "none")}, **group}  # as polished
     polished = rows[CHAMPION if choice.kind == "trial" else BEST_TRIAL]
-    ablations[f"polish: best trial, {trial['prefill']} prefill chosen on validation"] = {
+    # the polish row: prefill and (hue_prior) decoding chosen on validation; the ablations below and their
+    # reference are all undecoded, so their differences are the training ingredients' alone
+    ablations[f"polish: best trial, {label(trial['prefill'], trial.get('decoding'))} chosen on validation"] = {
         **polished, "changed": f"polish: {', '.join(f'{k} {v:.4f}' for k, v in trial['scores'].items())} on val"}
     ablations[UNPOLISHED] = {
         "frame": quality.score_method(test, quality.model_predictor(load_model(trial["dir"]))),
@@ -310,6 +324,7 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
 
     from imgrestore.embedding.cache import load_embeddings
     from imgrestore.preprocess import run_preprocess
+    from imgrestore.tuning import decoding
 
     cfg.work.mkdir(parents=True, exist_ok=True)
     machine, stages = machine_info(), Stages()
@@ -332,10 +347,12 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
                                           search, cfg, space, data_dir)
         search_info["changes"] = changes
         champ = stages.run("champion (polish the prefill, pick vs classical)", champion, cfg, space, outcome,
-                           pre.paths["train_csv"])
+                           pre.paths["train_csv"], data_dir)
         side = stages.run("ablations + seed recipe (1-CPU Ray tasks)", side_runs, cfg, data_dir, pre, champ, space)
+        hue_prior = decoding.fit_prior(train_frame[train_frame["fold"] != int(space.config.get("val_fold", 0))]) \
+            if space.config.get("hue_prior") else None
         scores, ablations = stages.run("restore + score the test set (every method)", score_all, test, prior,
-                                       champ, side, pre, data_dir)
+                                       champ, side, pre, data_dir, hue_prior)
         champ["submission"] = submission_check(champion_model(champ), test, data_dir,
                                                cfg.work / "champion_submission.zip")
         images = throughput.inference_images([im.gt for im in test], cfg.infer_images, cfg.infer_size, cfg.seed)

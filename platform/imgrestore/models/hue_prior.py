@@ -18,10 +18,11 @@ sampling with one spatially smooth random field (seeded), so that neighbours dra
 not colour grain (on 34 held-out images a 4 px field gave +0.003 over independent draws, S 0.833 vs 0.829).
 Pixels inside the lost region keep the model's colour: there a changed colour also costs the masked SSIM.
 
-``HuePrior``: ``fit`` on training truths, ``transform`` a restored image. Measured, not yet part of the champion:
-``benchmarks/hue_prior_decoding.py`` shows it lifts the classical restorers as much as the trained models, so it
-can enter the search only as a decoding of every restorer, baselines included, or the champion's margin over
-the classical restorers would be the decoding's, not the model's.
+``HuePrior``: ``fit`` on training truths, ``transform`` a restored image. ``benchmarks/hue_prior_decoding.py``
+shows it lifts the classical restorers as much as the trained models, so a search offers it to every restorer
+alike, the classical baselines included, and each keeps it only where it scores higher on validation
+(``imgrestore.tuning.decoding``, config key ``hue_prior``): the champion's margin over the classical restorers
+is never the decoding's.
 """
 from __future__ import annotations
 
@@ -98,15 +99,23 @@ def _bin_costs(colours: np.ndarray, max_step: int) -> tuple[torch.Tensor, torch.
 
 def _sinkhorn(cost: torch.Tensor, weights: torch.Tensor, target: torch.Tensor, eps: float, iters: int):
     """Entropic transport plan rows (U, 180), each row a distribution over bins, with row masses ``weights`` and
-    column masses ``target`` (same total). Log domain; unreachable bins (inf cost) get probability 0."""
-    logk = -cost / eps
-    log_w, log_t = weights.log(), target.clamp_min(1e-12).log()
-    g = torch.zeros(BINS)
+    column masses ``target`` (same total). In the kernel domain in float64, each iteration two matrix-vector
+    products (3x faster than log-sum-exp on a coloured image's ~30k groups). A move so costly that exp(-cost / eps)
+    underflows (over ~1400 at eps 2: a strongly coloured pixel moved far from its colour) counts as unreachable,
+    like an inf cost: the pixel keeps to nearer bins. A colour's own bin costs 0, so no row is ever empty; a bin
+    no colour can reach gets probability 0."""
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    k = torch.exp(-cost.double() / eps)
+    w, t = weights.double(), target.double()
+    t = t.clamp_min(1e-12 * float(t.sum()))  # a bin the target leaves empty stays reachable: no all-zero plan row
+    v = torch.ones(BINS, dtype=torch.float64)
     for _ in range(iters):
-        f = log_w - torch.logsumexp(logk + g, dim=1)
-        lse = torch.logsumexp(logk + f[:, None], dim=0)
-        g = torch.where(torch.isfinite(lse), log_t - lse, -1e30)  # a bin no colour can reach stays empty
-    return torch.softmax(logk + g, dim=1)
+        u = w / (k @ v).clamp_min(1e-300)
+        col = k.T @ u
+        v = torch.where(col > 0, t / col.clamp_min(1e-300), 0.0)  # a bin no colour can reach stays empty
+    plan = k * v
+    return (plan / plan.sum(1, keepdim=True).clamp_min(1e-300)).float()
 
 
 def steer_hues(rgb: np.ndarray, target: np.ndarray, free: np.ndarray, *, max_step: int = 12, eps: float = 2.0,
@@ -176,25 +185,39 @@ def _texture_levels(rgb: np.ndarray) -> np.ndarray:
     return np.digitize(SSIM_C2 / (var + SSIM_C2), TEXTURE_EDGES)
 
 
+def standardised(hist: np.ndarray) -> np.ndarray:
+    """``hist`` centred and scaled to unit norm: its correlation with any histogram is a dot product with it."""
+    centred = np.asarray(hist, dtype=np.float64) - np.mean(hist)
+    norm = np.linalg.norm(centred)
+    return centred / norm if norm > 0 else centred
+
+
 class HuePrior:
     """The training truths' mean hue histogram, and the decoding that steers restorations towards it.
 
-    ``fit(images)``: mean of each image's normalised 180-bin hue histogram. ``transform(rgb, mask)``: the
-    restored image with its hues outside ``mask`` (the lost region) steered (``steer_hues``).
+    ``fit(images)``: the mean of each image's *standardised* 180-bin hue histogram (centred, unit norm). The
+    metric's C of a histogram h against a truth T is <std(h), std(T)>, so this mean is the histogram with the
+    highest mean C over the images fitted on (on the benchmark's 100 held-out photos it correlates 0.325 with
+    their truths, the mean of sum-normalised histograms 0.313: peaked histograms weigh less).
+    ``transform(rgb, mask)``: the restored image with its hues outside ``mask`` (the lost region) steered
+    (``steer_hues``).
     """
 
     def __init__(self, histogram: Iterable[float] | None = None, max_step: int = 12, eps: float = 2.0,
-                 iters: int = 60):
+                 iters: int = 60, n_images: int | None = None):
+        self.n_images = n_images  # how many truths it was fitted on (lineage, in the checkpoint)
         self.histogram = None if histogram is None else np.asarray(list(histogram), dtype=np.float64)
         if self.histogram is not None and self.histogram.shape != (BINS,):
             raise ValueError(f"a hue prior has {BINS} bins, got {self.histogram.shape}")
         self.max_step, self.eps, self.iters = int(max_step), float(eps), int(iters)
 
     def fit(self, images: Iterable[np.ndarray]) -> "HuePrior":
-        hists = [h / h.sum() for h in map(hue_histogram, images)]
+        hists = [standardised(h) for h in map(hue_histogram, images)]
         if not hists:
             raise ValueError("no images to fit a hue prior on")
-        self.histogram = np.mean(hists, axis=0)
+        mean = np.mean(hists, axis=0)
+        self.histogram = mean - mean.min()  # the same correlation with anything, and a valid (>= 0) target
+        self.n_images = len(hists)
         return self
 
     def transform(self, rgb: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -205,9 +228,9 @@ class HuePrior:
 
     def to_config(self) -> dict:
         return {"histogram": [round(float(x), 8) for x in self.histogram], "max_step": self.max_step,
-                "eps": self.eps, "iters": self.iters}
+                "eps": self.eps, "iters": self.iters, "n_images": self.n_images}
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> "HuePrior | None":
         return None if not cfg else cls(cfg["histogram"], cfg.get("max_step", 12), cfg.get("eps", 2.0),
-                                        cfg.get("iters", 60))
+                                        cfg.get("iters", 60), cfg.get("n_images"))

@@ -45,10 +45,14 @@ class SubmissionError(ValueError):
 def restore(model: torch.nn.Module, gray: np.ndarray, mask: np.ndarray, device="cpu") -> np.ndarray:
     """One damaged gray image (HxW uint8) and its mask -> restored HxWx3 uint8, at full size.
 
-    Outside the mask the result's Pillow gray is the input's, exactly (``to_uint8_restored``).
+    Outside the mask the result's Pillow gray is the input's, exactly (``to_uint8_restored``). A model that
+    carries a hue prior (``model.hue_prior``, from its checkpoint: see ``imgrestore.tuning.decoding``) has its
+    restoration decoded by it, the gray still exact.
     """
     g, m = to_tensors(gray, mask)
-    return to_uint8_restored(model(g[None].to(device), m[None].to(device)).float()[0], g, m)
+    rgb = to_uint8_restored(model(g[None].to(device), m[None].to(device)).float()[0], g, m)
+    prior = getattr(model, "hue_prior", None)
+    return rgb if prior is None else prior.transform(rgb, np.asarray(mask, dtype=bool))
 
 
 def check_submission(zip_path: str | os.PathLike, test: pd.DataFrame) -> int:
@@ -108,12 +112,10 @@ def check_out(out: str | os.PathLike, overwrite: bool = False) -> None:
 
 
 def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.PathLike,
-                     device: str | torch.device = "cpu", progress: bool = True, comment: str | None = None,
-                     hue_prior=None) -> Path:
-    """Restore every row of `test` (name, input_path) into the zip `out`, then check it.
-
-    `hue_prior`: an optional fitted ``imgrestore.models.hue_prior.HuePrior``; each restored image is then
-    decoded by it (its hues outside the detected regions steered towards the prior, the gray kept exactly).
+                     device: str | torch.device = "cpu", progress: bool = True, comment: str | None = None
+                     ) -> Path:
+    """Restore every row of `test` (name, input_path) into the zip `out`, then check it (``restore``: with
+    the model's hue prior when it carries one).
 
     Every region with the damage signature is restored (imgrestore.data.masks.detect_regions); an input
     where none is found is restored with an all-zero mask. What was detected per input (regions, area,
@@ -133,8 +135,6 @@ def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.P
                 gray = read_gray(row.input_path, strict=True)
                 reports[row.name] = detect_regions(gray)
                 rgb = restore(model, gray, reports[row.name].mask, device)
-                if hue_prior is not None:
-                    rgb = hue_prior.transform(rgb, reports[row.name].mask)
                 buf = io.BytesIO()
                 Image.fromarray(rgb, "RGB").save(buf, format="PNG")
                 zf.writestr(row.name, buf.getvalue())

@@ -1,7 +1,8 @@
 """Checkpoints as plain files: weights in safetensors, architecture and settings in JSON.
 
     model.safetensors   the model's state dict
-    model.json          {"name": registered model name, "config": its kwargs}
+    model.json          {"name": registered model name, "config": its kwargs, and "hue_prior" when the model
+                        decodes with one (imgrestore.models.hue_prior; chosen on validation by tuning.decoding)}
     train_state.pt      optimizer / scheduler state and the epoch (loaded with weights_only=True)
     trial_config.json   the trial's whole config (what was trained, how)
 """
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from imgrestore.models import create_model
+from imgrestore.models.hue_prior import HuePrior
 
 MODEL_WEIGHTS, MODEL_SPEC, TRAIN_STATE, TRIAL_CONFIG = "model.safetensors", "model.json", "train_state.pt", "trial_config.json"
 
@@ -24,7 +26,10 @@ def save_model(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / MODEL_WEIGHTS))
-    (directory / MODEL_SPEC).write_text(json.dumps({"name": model.name, "config": model.config}, indent=2))
+    spec = {"name": model.name, "config": model.config}
+    if getattr(model, "hue_prior", None) is not None:
+        spec["hue_prior"] = model.hue_prior.to_config()
+    (directory / MODEL_SPEC).write_text(json.dumps(spec, indent=2))
     return directory
 
 
@@ -41,6 +46,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     model = create_model(spec["name"], **config)
     model.config = spec["config"]
     model.load_state_dict(load_file(str(directory / MODEL_WEIGHTS)))
+    model.hue_prior = HuePrior.from_config(spec.get("hue_prior"))  # submission.predict.restore applies it
     return model.to(device).eval()
 
 

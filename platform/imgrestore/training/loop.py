@@ -60,6 +60,7 @@ DEFAULTS = {
     "seed": 0,
     "max_val_images": 64,        # cap validation cost per epoch
     "calibrate_gain": True,      # pick the chroma gain on validation every epoch (imgrestore.training.evaluate)
+    "hue_prior": False,          # after the search, offer hue-prior decoding to every restorer (tuning.decoding)
     "n_samples_grid": 4,         # validation restorations drawn into the sample grid
 }
 

@@ -3,8 +3,10 @@
 A learned model that loses to ``cv2.inpaint`` is a bug, not a result, and only a side-by-side measurement on
 the same images can tell. Each classical family (``imgrestore.models.classical``) goes through the same
 ``training.loop.train`` as a trial (same split, fold, image size, image cap, metric; one evaluation, nothing to
-train), as a 1-CPU Ray task on the driver's node (which holds the split file), all side by side. A classical
-restorer has no weights: when no trial beats it, it is the champion (``pick_champion``), rebuilt from its name.
+train), as a 1-CPU Ray task on the driver's node (which holds the split file), all side by side. With
+``hue_prior`` on, each is also scored with hue-prior decoding (``imgrestore.tuning.decoding``): one more row,
+``decoding`` "hue prior", for every family. A classical restorer has no weights: when no trial beats it, it is
+the champion (``pick_champion``), rebuilt from its name (and its prior, fitted again on the training fold).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from imgrestore.models.classical import CLASSICAL
 
 CLASSICAL_FAMILIES = tuple(CLASSICAL)  # input_copy, telea, navier_stokes, fsr
 # The keys that decide which images validation sees, and at what size: a baseline must share them with the trials.
-VALIDATION_KEYS = ("data_dir", "preproc_csv", "val_fold", "image_size", "max_val_images")
+VALIDATION_KEYS = ("data_dir", "preproc_csv", "val_fold", "image_size", "max_val_images", "hue_prior")
 
 
 def validation_config(config: dict) -> dict:
@@ -35,23 +37,36 @@ def validation_config(config: dict) -> dict:
     return out
 
 
-def _evaluate(name: str, config: dict) -> dict:
-    """One classical restorer through the training loop: one evaluation of the validation images."""
+def _evaluate(name: str, config: dict) -> list[dict]:
+    """One classical restorer through the training loop: one evaluation of the validation images; with
+    ``hue_prior``, a second row with the same images decoded."""
+    import time
+
     import torch
 
-    from imgrestore.training.loop import train
+    from imgrestore.models import create_model
+    from imgrestore.training.data import RestorationDataset
+    from imgrestore.training.loop import read_split, train
+    from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, fit_prior, score_decodings
 
     torch.set_num_threads(1)
     result = {}
     train({**config, "model": {"name": name}, "epochs": 1}, lambda metrics, checkpoint_dir: result.update(metrics))
-    return {"name": name, **{k: result[k] for k in KEYS}, "val_time_s": result["val_time_s"]}
+    rows = [{"name": name, "decoding": AS_IS, **{k: result[k] for k in KEYS}, "val_time_s": result["val_time_s"]}]
+    if config.get("hue_prior"):
+        t = time.perf_counter()
+        train_frame, val_frame = read_split(config["data_dir"], config["preproc_csv"], int(config["val_fold"]))
+        scores = score_decodings(create_model(name).eval(), RestorationDataset(val_frame, config["image_size"]),
+                                 int(config["max_val_images"]), fit_prior(train_frame))
+        rows.append({"name": name, "decoding": HUE_PRIOR, **scores[HUE_PRIOR], "val_time_s": time.perf_counter() - t})
+    return rows
 
 
 def evaluate_baselines(config: dict, families=CLASSICAL_FAMILIES) -> pd.DataFrame:
     """Score every classical family on the search's validation images, side by side as Ray tasks.
 
     config: the search's trial config (constants, with data_dir and preproc_csv). Returns one row per
-    family (name, score, ssim, masked_ssim, hist_sim, val_time_s), best first.
+    family and decoding (name, decoding, score, ssim, masked_ssim, hist_sim, val_time_s), best first.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -59,16 +74,21 @@ def evaluate_baselines(config: dict, families=CLASSICAL_FAMILIES) -> pd.DataFram
     val = validation_config(config)
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     remote = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy=here)(_evaluate)
-    rows = ray.get([remote.remote(name, val) for name in families])
+    rows = [row for rows in ray.get([remote.remote(name, val) for name in families]) for row in rows]
     return pd.DataFrame(rows).sort_values("score", ascending=False).reset_index(drop=True)
 
 
 def baselines_markdown(frame: pd.DataFrame) -> str:
     """The baselines as a markdown table (logged on the search's MLflow parent run)."""
     lines = ["| classical restorer | score | S | M | C |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.name} | {r.score:.4f} | {r.ssim:.4f} | {r.masked_ssim:.4f} | {r.hist_sim:.4f} |"
-              for r in frame.itertuples()]
+    lines += [f"| {label(r.name, getattr(r, 'decoding', 'none'))} | {r.score:.4f} | {r.ssim:.4f} | "
+              f"{r.masked_ssim:.4f} | {r.hist_sim:.4f} |" for r in frame.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+def label(name: str, decoding: str | None = "none") -> str:
+    """A restorer and its decoding, as tables show them: "fsr", "fsr + hue prior"."""
+    return name if decoding in (None, "none") else f"{name} + {decoding}"
 
 
 @dataclass
@@ -76,8 +96,9 @@ class ChampionChoice:
     kind: str                 # "trial" or "classical"
     name: str                 # the trial id, or the classical family
     score: float              # its validation score
-    best_classical: str
+    best_classical: str       # the best classical restorer's label (with its decoding)
     best_classical_score: float
+    decoding: str = "none"    # the champion's decoding: "none" or "hue prior"
 
     @property
     def margin(self) -> float:
@@ -85,9 +106,13 @@ class ChampionChoice:
         return self.score - self.best_classical_score
 
 
-def pick_champion(trial_score: float | None, trial_id: str | None, baselines: pd.DataFrame) -> ChampionChoice:
-    """The best trial, unless the best classical restorer scores higher on the same validation images."""
+def pick_champion(trial_score: float | None, trial_id: str | None, baselines: pd.DataFrame,
+                  trial_decoding: str = "none") -> ChampionChoice:
+    """The best trial (at its best decoding), unless the best classical restorer (at its best decoding) scores
+    higher on the same validation images."""
     top = baselines.iloc[0]
+    decoding = str(top.get("decoding", "none"))
+    best = label(top["name"], decoding)
     if trial_score is not None and trial_score >= top.score:
-        return ChampionChoice("trial", str(trial_id), float(trial_score), top["name"], float(top.score))
-    return ChampionChoice("classical", top["name"], float(top.score), top["name"], float(top.score))
+        return ChampionChoice("trial", str(trial_id), float(trial_score), best, float(top.score), trial_decoding)
+    return ChampionChoice("classical", top["name"], float(top.score), best, float(top.score), decoding)

@@ -8,6 +8,11 @@ every training step). OpenCV's FSR fills it better (docs/benchmarks.md, "Restora
 do better at inference with the FSR fill under it: both are scored on the search's validation images and the
 better one is kept (a measurement, not an assumption: the residual was learnt on Telea fills). The chroma
 gain and hole factor are calibrated again for each.
+
+With ``hue_prior`` on (``imgrestore.tuning.decoding``), the chosen model is then scored on the same validation
+images with hue-prior decoding too (the prior fitted on the training fold's truths), and keeps it only if it
+scores higher; the classical baselines were offered the same (``tuning.baselines``), so the champion is
+chosen between equally decoded restorers.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from imgrestore.training.checkpoint import TRIAL_CONFIG, load_model, save_model
 from imgrestore.training.data import RestorationDataset
 from imgrestore.training.evaluate import evaluate
 from imgrestore.training.loop import read_split, with_defaults
-from imgrestore.tuning.baselines import ChampionChoice, pick_champion
+from imgrestore.tuning.baselines import ChampionChoice, label, pick_champion
+from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, fit_prior, score_decodings
 
 CANDIDATES = ("telea", "fsr")
 
@@ -32,7 +38,8 @@ class Polished:
     checkpoint: Path       # the champion's checkpoint folder (the input one when nothing changed)
     prefill: str
     score: float           # its validation score
-    scores: dict           # prefill -> validation score
+    scores: dict           # prefill (+ decoding) -> validation score
+    decoding: str = AS_IS  # "none", or "hue prior" when the checkpoint decodes with one
 
 
 def polish_prefill(checkpoint_dir: str | Path, out_dir: str | Path, split_csv: str | Path | None = None,
@@ -45,7 +52,7 @@ def polish_prefill(checkpoint_dir: str | Path, out_dir: str | Path, split_csv: s
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     cfg = with_defaults(json.loads((checkpoint_dir / TRIAL_CONFIG).read_text()))
     base = load_model(checkpoint_dir, device)
-    _, val_frame = read_split(cfg["data_dir"], str(split_csv or cfg["preproc_csv"]), int(cfg["val_fold"]))
+    train_frame, val_frame = read_split(cfg["data_dir"], str(split_csv or cfg["preproc_csv"]), int(cfg["val_fold"]))
     val = RestorationDataset(val_frame, cfg["image_size"])
     methods = dict.fromkeys((base.prefill_method, *CANDIDATES)) if is_trainable(base) else [base.prefill_method]
     scores, models = {}, {}
@@ -56,11 +63,26 @@ def polish_prefill(checkpoint_dir: str | Path, out_dir: str | Path, split_csv: s
         metrics, _ = evaluate(model, val, device, int(cfg["max_val_images"]), 0, calibrate=bool(cfg["calibrate_gain"]))
         scores[method], models[method] = metrics["score"], model
     best = max(scores, key=scores.get)
-    if models[best].config == base.config:  # nothing changed: the checkpoint as it is
-        return Polished(checkpoint_dir, best, scores[best], scores)
-    save_model(models[best], out_dir)
+    model, decoding, score = models[best], AS_IS, scores[best]
+    if cfg.get("hue_prior"):
+        prior = fit_prior(train_frame)
+        decoded = score_decodings(model, val, int(cfg["max_val_images"]), prior, device)
+        scores[label(best, HUE_PRIOR)] = decoded[HUE_PRIOR]["score"]
+        if decoded[HUE_PRIOR]["score"] > decoded[AS_IS]["score"]:  # the same images, the same (uint8) path
+            model.hue_prior, decoding, score = prior, HUE_PRIOR, decoded[HUE_PRIOR]["score"]
+    if model.config == base.config and decoding == AS_IS:  # nothing changed: the checkpoint as it is
+        return Polished(checkpoint_dir, best, score, scores)
+    save_model(model, out_dir)
     (out_dir / TRIAL_CONFIG).write_text((checkpoint_dir / TRIAL_CONFIG).read_text())
-    return Polished(out_dir, best, scores[best], scores)
+    return Polished(out_dir, best, score, scores, decoding)
+
+
+def offered(baselines, config: dict):
+    """The baseline rows whose decoding the trials were offered too: a search resumed with a space that has
+    since turned ``hue_prior`` on must not compare decoded baselines with an undecoded trial."""
+    if "decoding" not in baselines or config.get("hue_prior"):
+        return baselines
+    return baselines[baselines["decoding"] == AS_IS].reset_index(drop=True)
 
 
 @dataclass
@@ -86,5 +108,6 @@ def select_champion(outcome, space, split_csv, workdir: str | Path, device: str 
     with checkpoint.as_directory() as d:
         shutil.copytree(d, workdir / "trial")
     polished = polish_prefill(workdir / "trial", workdir / "polished", split_csv, device)
-    choice = pick_champion(polished.score, best_epoch.get("trial_id"), outcome.baselines)
+    choice = pick_champion(polished.score, best_epoch.get("trial_id"), offered(outcome.baselines, best.config),
+                           polished.decoding)
     return Selection(choice, polished.checkpoint if choice.kind == "trial" else None, best, best_epoch, polished)

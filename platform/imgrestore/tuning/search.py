@@ -32,7 +32,7 @@ from ray import tune
 
 from imgrestore.tracking import get_or_create_experiment
 from imgrestore.tracking.tune_callback import MLflowTrialLogger, source_tags
-from imgrestore.tuning.baselines import baselines_markdown, evaluate_baselines
+from imgrestore.tuning.baselines import baselines_markdown, evaluate_baselines, label
 from imgrestore.tuning.space import SearchSpace
 from imgrestore.tuning.trainable import train_trial, train_trial_distributed
 
@@ -340,9 +340,10 @@ def _baselines(space: SearchSpace, data_dir: Path, client: MlflowClient, parent_
     """Measure the classical restorers on the trials' validation images; log and store them."""
     frame = evaluate_baselines({**space.config, "data_dir": str(data_dir)})
     _write_text(_join(exp_dir, BASELINES_FILE), frame.to_csv(index=False))
-    for row in frame.itertuples():
+    for row in frame.itertuples():  # baseline_fsr_score, baseline_fsr_hue_prior_score, ...
+        name = label(row.name, row.decoding).replace(" + ", "_").replace(" ", "_")
         for key in ("score", "ssim", "masked_ssim", "hist_sim"):
-            client.log_metric(parent_run_id, f"baseline_{row.name}_{key}", float(getattr(row, key)))
+            client.log_metric(parent_run_id, f"baseline_{name}_{key}", float(getattr(row, key)))
     client.log_text(parent_run_id, baselines_markdown(frame), "baselines.md")
     return frame
 

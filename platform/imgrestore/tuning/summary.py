@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from imgrestore.tracking.tune_callback import flatten
+from imgrestore.tuning.baselines import label
 
 SCORE_KEYS = ("score", "ssim", "masked_ssim", "hist_sim")
 
@@ -43,14 +44,14 @@ def summary_text(metrics: dict, config: dict, experiment_dir, tracking_uri, expe
 def champion_text(choice, baselines, model_uri: str, version: str, alias, zip_path) -> str:
     """The champion against the classical restorers on the same validation images, and where it went."""
     lines = ["=" * 72, "Champion (validation score, the same images for every row)", "=" * 72]
-    lines += [f"  {r.name:<24} {r.score:.4f}   S {r.ssim:.4f}  M {r.masked_ssim:.4f}  C {r.hist_sim:.4f}"
-              for r in baselines.itertuples()]
+    lines += [f"  {label(r.name, getattr(r, 'decoding', 'none')):<28} {r.score:.4f}   S {r.ssim:.4f}  "
+              f"M {r.masked_ssim:.4f}  C {r.hist_sim:.4f}" for r in baselines.itertuples()]
     if choice.kind == "trial":
-        lines.append(f"  {'trial ' + choice.name:<24} {choice.score:.4f}   <- champion: "
+        lines.append(f"  {label('trial ' + choice.name, choice.decoding):<28} {choice.score:.4f}   <- champion: "
                      f"{choice.margin:+.4f} over the best classical restorer ({choice.best_classical})")
     else:
-        lines.append(f"  champion: the classical restorer {choice.name} - NO learned model beat it on validation "
-                     "(more data, epochs or another space needed)")
+        lines.append(f"  champion: the classical restorer {label(choice.name, choice.decoding)} - NO learned model "
+                     "beat it on validation (more data, epochs or another space needed)")
     lines += [f"registered       version {version}; alias: {alias.reason}"
               + ("" if alias.moved else f" -> the submission uses version {alias.champion_version}"),
               f"champion         {model_uri}",

@@ -1,0 +1,78 @@
+"""Hue-prior decoding, chosen on validation for every restorer alike (config key ``hue_prior``).
+
+The metric's hue term rewards an image whose hue histogram matches the truth's, and on photos a model has not
+seen, the training truths' mean hue histogram predicts that better than a learned colouriser trained on a
+hundred photos does (docs/benchmarks.md, "Hue-prior decoding"). ``imgrestore.models.hue_prior`` steers a
+restoration's hues outside the lost region towards that mean, keeping every pixel's gray. It lifts a gray
+classical restorer as much as a learned one, so it is offered to *every* restorer after the search, the
+classical baselines included: each is scored on the same validation images as it is and decoded, and keeps
+whichever scores higher. The champion's margin over the best classical restorer is then a margin between
+equally decoded restorers, never the decoding's own gain.
+
+The prior is fitted on the training fold's truths only (up to ``PRIOR_IMAGES`` of them, a seeded sample: the
+mean of 2000 histograms is as good as of 30000), never on validation. A restorer that keeps the decoding
+carries its prior in its checkpoint (``model.json``'s ``hue_prior``), and ``submission.predict.restore``
+applies it, so the submission decodes exactly as validation did.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from imgrestore.data.io import read_rgb
+from imgrestore.metrics import KEYS, score_image
+from imgrestore.models.hue_prior import HuePrior
+from imgrestore.training.data import to_uint8_rgb
+
+PRIOR_IMAGES = 2000
+AS_IS, HUE_PRIOR = "none", "hue prior"  # the values of the baselines' `decoding` column
+
+
+def fit_prior(train_frame: pd.DataFrame, limit: int = PRIOR_IMAGES, seed: int = 0, progress: bool = False
+              ) -> HuePrior:
+    """The hue prior of the training fold's truths (column gt_path), on at most `limit` of them."""
+    paths = list(train_frame["gt_path"])
+    if not paths:
+        raise ValueError("no training truths to fit the hue prior on")
+    if len(paths) > limit:
+        paths = list(np.random.default_rng(seed).choice(paths, limit, replace=False))
+    return HuePrior().fit(read_rgb(p) for p in tqdm(paths, desc="fitting the hue prior", disable=not progress))
+
+
+@torch.no_grad()
+def score_decodings(model, dataset, limit: int, prior: HuePrior, device="cpu", progress: bool = False
+                    ) -> dict[str, dict]:
+    """{AS_IS: metrics, HUE_PRIOR: metrics}: `model` on the first `limit` images of `dataset` (a validation
+    RestorationDataset), restored as the submission restores them (uint8, the known gray locked), scored as is
+    and after decoding with `prior`. Metrics: the means of score, ssim, masked_ssim, hist_sim."""
+    from imgrestore.submission.predict import restore  # submission imports training, not tuning: no cycle
+
+    if getattr(model, "hue_prior", None) is not None:
+        raise ValueError("the model already decodes with a hue prior; score it without")
+    rows = {AS_IS: [], HUE_PRIOR: []}
+    for i in tqdm(range(min(len(dataset), limit)), desc="hue-prior decoding", disable=not progress):
+        gray, mask, rgb = dataset[i]
+        g = (gray[0].numpy() * 255).round().astype(np.uint8)
+        m = mask[0].numpy() > 0.5
+        truth = to_uint8_rgb(rgb)
+        out = restore(model, g, m, device)
+        rows[AS_IS].append(score_image(truth, out, m))
+        rows[HUE_PRIOR].append(score_image(truth, prior.transform(out, m), m))
+    return {d: {k: float(np.mean([r[k] for r in rs])) for k in KEYS} for d, rs in rows.items()}
+
+
+def classical_champion(name: str, decoding: str, data_dir, split_csv, val_fold: int = 0) -> torch.nn.Module:
+    """A classical restorer as the champion: rebuilt from its name, with the hue prior of the search's training
+    fold (``split_csv``, ``val_fold``) when it won with it (``decoding`` HUE_PRIOR)."""
+    from imgrestore.models import create_model
+    from imgrestore.training.loop import read_split
+
+    model = create_model(name).eval()
+    if decoding == HUE_PRIOR:
+        train_frame, _ = read_split(str(data_dir), str(split_csv), int(val_fold))
+        model.hue_prior = fit_prior(train_frame)
+    elif decoding != AS_IS:
+        raise ValueError(f"unknown decoding {decoding!r}; known: {AS_IS!r}, {HUE_PRIOR!r}")
+    return model

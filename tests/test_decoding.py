@@ -1,0 +1,85 @@
+"""Hue-prior decoding as a search stage (imgrestore.tuning.decoding): scored alike for every restorer, chosen on
+validation, carried by the champion's checkpoint."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from imgrestore.models import create_model
+from imgrestore.training.checkpoint import load_model, save_model
+from imgrestore.training.data import RestorationDataset
+from imgrestore.training.evaluate import evaluate
+from imgrestore.training.loop import read_split
+from imgrestore.tuning.baselines import label, pick_champion
+from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, classical_champion, fit_prior, score_decodings
+
+
+@pytest.fixture(scope="module")
+def split(tiny_dacon, tmp_path_factory):
+    frame = pd.read_csv(tiny_dacon / "train.csv")
+    frame["cluster"] = np.arange(len(frame)) % 5
+    frame["fold"] = np.where(frame["cluster"] == 0, 0, 1)
+    path = tmp_path_factory.mktemp("split") / "train_preproc_1.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_decoded_scores_are_the_submissions_and_the_as_is_ones_are_validations(tiny_dacon, split):
+    train, val = read_split(str(tiny_dacon), str(split), 0)
+    prior = fit_prior(train)
+    assert prior.n_images == len(train)  # the training fold only, never validation
+    dataset = RestorationDataset(val, None)
+    model = create_model("telea").eval()
+    got = score_decodings(model, dataset, 4, prior)
+    metrics, _ = evaluate(model, dataset, "cpu", 4, 0)
+    assert got[AS_IS]["score"] == pytest.approx(metrics["score"], abs=1e-9)  # the training loop's validation
+    assert got[HUE_PRIOR]["hist_sim"] > got[AS_IS]["hist_sim"]  # a gray restorer's hues come from the prior
+    model.hue_prior = prior
+    with pytest.raises(ValueError, match="already decodes"):
+        score_decodings(model, dataset, 4, prior)
+
+
+def test_prior_sample_is_capped_and_seeded(tiny_dacon, split):
+    train, _ = read_split(str(tiny_dacon), str(split), 0)
+    a, b = fit_prior(train, limit=5, seed=1), fit_prior(train, limit=5, seed=1)
+    assert a.n_images == 5 and np.array_equal(a.histogram, b.histogram)
+    with pytest.raises(ValueError, match="no training truths"):
+        fit_prior(train.iloc[:0])
+
+
+def test_classical_champion_carries_its_prior_through_the_checkpoint(tiny_dacon, split, tmp_path):
+    plain = classical_champion("fsr", AS_IS, tiny_dacon, split, 0)
+    assert getattr(plain, "hue_prior", None) is None
+    decoded = classical_champion("fsr", HUE_PRIOR, tiny_dacon, split, 0)
+    again = load_model(save_model(decoded, tmp_path / "fsr"))
+    assert np.allclose(again.hue_prior.histogram, decoded.hue_prior.histogram, atol=1e-8)
+    assert load_model(save_model(plain, tmp_path / "plain")).hue_prior is None
+    with pytest.raises(ValueError, match="unknown decoding"):
+        classical_champion("fsr", "sharpen", tiny_dacon, split, 0)
+
+
+def test_champion_is_chosen_between_equally_decoded_restorers():
+    baselines = pd.DataFrame([
+        {"name": "fsr", "decoding": HUE_PRIOR, "score": 0.49},
+        {"name": "fsr", "decoding": AS_IS, "score": 0.43},
+        {"name": "telea", "decoding": AS_IS, "score": 0.42}])
+    lost = pick_champion(0.47, "t1", baselines, AS_IS)  # beats every gray restorer, not fsr decoded
+    assert (lost.kind, lost.name, lost.decoding) == ("classical", "fsr", HUE_PRIOR)
+    assert lost.best_classical == "fsr + hue prior" and lost.margin == 0
+    won = pick_champion(0.50, "t1", baselines, HUE_PRIOR)
+    assert (won.kind, won.decoding) == ("trial", HUE_PRIOR) and won.margin == pytest.approx(0.01)
+    assert label("trial t1", HUE_PRIOR) == "trial t1 + hue prior" and label("fsr") == "fsr"
+
+
+def test_a_trial_not_offered_the_decoding_is_compared_with_undecoded_baselines():
+    """A search resumed after its space turned hue_prior on: its trials were not offered the decoding, so the
+    decoded baseline rows are left out of the choice."""
+    from imgrestore.tuning.polish import offered
+
+    baselines = pd.DataFrame([{"name": "fsr", "decoding": HUE_PRIOR, "score": 0.49},
+                              {"name": "fsr", "decoding": AS_IS, "score": 0.43}])
+    assert list(offered(baselines, {"hue_prior": False})["decoding"]) == [AS_IS]
+    assert len(offered(baselines, {"hue_prior": True})) == 2
+    old = baselines.drop(columns="decoding").iloc[1:]  # a baselines.csv written before decodings existed
+    assert offered(old, {}) is old
