@@ -27,7 +27,7 @@ from imgrestore.data.io import read_gray, read_rgb
 from imgrestore.data.masks import detect_mask, true_mask
 from imgrestore.metrics import KEYS, score_image
 from imgrestore.models import create_model
-from imgrestore.models.hue_prior import HuePrior
+from imgrestore.tuning.decoding import fit_prior
 from imgrestore.submission.predict import restore
 from imgrestore.training.checkpoint import load_model
 
@@ -43,7 +43,7 @@ def measure(model_dir: Path, data: Path, limit: int | None):
     restorers = {"champion": load_model(model_dir).eval(), **{n: create_model(n).eval() for n in CLASSICAL}}
     restorers["champion"].hue_prior = None  # "as is": a champion chosen with the decoding carries its own prior
     t0 = time.perf_counter()
-    prior = HuePrior().fit(read_rgb(p) for p in tqdm(ds.train["gt_path"], desc="fit the prior"))
+    prior = fit_prior(ds.train, limit=len(ds.train), progress=True)  # every training truth
     fit_s = time.perf_counter() - t0
     rows = ds.test if limit is None else ds.test.iloc[:limit]
     scores = {(n, d): [] for n in restorers for d in ("as is", "hue prior")}

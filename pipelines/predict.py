@@ -26,12 +26,11 @@ import mlflow
 import pandas as pd
 import torch
 from safetensors import SafetensorError
-from tqdm.auto import tqdm
 
 from imgrestore.data.dacon import load_dataset, load_input_folder, load_test_inputs
-from imgrestore.data.io import read_rgb
 from imgrestore.data.embedded import embedded_dataset
 from imgrestore.models.hue_prior import HuePrior
+from imgrestore.tuning.decoding import fit_prior
 from imgrestore.submission.predict import check_out, submission_comment, write_submission
 from imgrestore.tracking import get_or_create_experiment, setup_tracking
 from imgrestore.tracking.champion import load_restorer
@@ -75,7 +74,7 @@ def fit_hue_prior(data: str | None) -> HuePrior | None:
     train = load_dataset(data, require_test=False).train
     if train.empty:
         raise ValueError(f"--hue-prior {data}: no training truths to fit the hue prior on")
-    return HuePrior().fit(read_rgb(p) for p in tqdm(train["gt_path"], desc="fitting the hue prior"))
+    return fit_prior(train, limit=len(train), progress=True)  # every truth, as given
 
 
 def describe_prior(model, data: str | None) -> str:

@@ -37,9 +37,9 @@ def validation_config(config: dict) -> dict:
     return out
 
 
-def _evaluate(name: str, config: dict) -> list[dict]:
-    """One classical restorer through the training loop: one evaluation of the validation images; with
-    ``hue_prior``, a second row with the same images decoded."""
+def _evaluate(name: str, config: dict, prior=None) -> list[dict]:
+    """One classical restorer through the training loop: one evaluation of the validation images; with a
+    fitted hue `prior`, a second row with the same images decoded by it."""
     import time
 
     import torch
@@ -47,17 +47,17 @@ def _evaluate(name: str, config: dict) -> list[dict]:
     from imgrestore.models import create_model
     from imgrestore.training.data import RestorationDataset
     from imgrestore.training.loop import read_split, train
-    from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, fit_prior, score_decodings
+    from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, score_decodings
 
     torch.set_num_threads(1)
     result = {}
     train({**config, "model": {"name": name}, "epochs": 1}, lambda metrics, checkpoint_dir: result.update(metrics))
     rows = [{"name": name, "decoding": AS_IS, **{k: result[k] for k in KEYS}, "val_time_s": result["val_time_s"]}]
-    if config.get("hue_prior"):
+    if prior is not None:
         t = time.perf_counter()
-        train_frame, val_frame = read_split(config["data_dir"], config["preproc_csv"], int(config["val_fold"]))
+        _, val_frame = read_split(config["data_dir"], config["preproc_csv"], int(config["val_fold"]))
         scores = score_decodings(create_model(name).eval(), RestorationDataset(val_frame, config["image_size"]),
-                                 int(config["max_val_images"]), fit_prior(train_frame))
+                                 int(config["max_val_images"]), prior)
         rows.append({"name": name, "decoding": HUE_PRIOR, **scores[HUE_PRIOR], "val_time_s": time.perf_counter() - t})
     return rows
 
@@ -72,9 +72,15 @@ def evaluate_baselines(config: dict, families=CLASSICAL_FAMILIES) -> pd.DataFram
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     val = validation_config(config)
+    prior = None
+    if val["hue_prior"]:  # fitted once here (the driver holds the split), not once per task
+        from imgrestore.training.loop import read_split
+        from imgrestore.tuning.decoding import fit_prior
+
+        prior = fit_prior(read_split(val["data_dir"], val["preproc_csv"], int(val["val_fold"]))[0])
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     remote = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy=here)(_evaluate)
-    rows = [row for rows in ray.get([remote.remote(name, val) for name in families]) for row in rows]
+    rows = [row for rows in ray.get([remote.remote(name, val, prior) for name in families]) for row in rows]
     return pd.DataFrame(rows).sort_values("score", ascending=False).reset_index(drop=True)
 
 
