@@ -40,6 +40,19 @@ def test_decoded_scores_are_the_submissions_and_the_as_is_ones_are_validations(t
         score_decodings(model, dataset, 4, prior)
 
 
+def test_decoding_in_ray_tasks_scores_as_decoding_here(tiny_dacon, split, ray_local, monkeypatch):
+    """Polish decodes in Ray tasks (chunks of images): the same per-image seeds, so the same scores."""
+    import imgrestore.tuning.decoding as decoding
+
+    monkeypatch.setattr(decoding, "DECODE_CHUNK", 2)  # several tasks for the tiny set
+    train, val = read_split(str(tiny_dacon), str(split), 0)
+    prior = fit_prior(train)
+    dataset = RestorationDataset(val, None)
+    model = create_model("telea").eval()
+    here = score_decodings(model, dataset, 5, prior)
+    assert score_decodings(model, dataset, 5, prior, parallel=True) == here
+
+
 def test_prior_sample_is_capped_and_seeded(tiny_dacon, split):
     train, _ = read_split(str(tiny_dacon), str(split), 0)
     a, b = fit_prior(train, limit=5, seed=1), fit_prior(train, limit=5, seed=1)

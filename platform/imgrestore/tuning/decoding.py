@@ -16,6 +16,8 @@ applies it, so the submission decodes exactly as validation did.
 """
 from __future__ import annotations
 
+from typing import Iterable, Iterator
+
 import numpy as np
 import pandas as pd
 import torch
@@ -27,6 +29,7 @@ from imgrestore.models.hue_prior import HuePrior
 from imgrestore.training.data import to_uint8_rgb
 
 PRIOR_IMAGES = 2000
+DECODE_CHUNK = 8  # images per decoding task (parallel): seconds of work each, a few MB to ship
 AS_IS, HUE_PRIOR = "none", "hue prior"  # the values of the baselines' `decoding` column
 
 
@@ -41,26 +44,76 @@ def fit_prior(train_frame: pd.DataFrame, limit: int = PRIOR_IMAGES, seed: int = 
     return HuePrior().fit(read_rgb(p) for p in tqdm(paths, desc="fitting the hue prior", disable=not progress))
 
 
-@torch.no_grad()
-def score_decodings(model, dataset, limit: int, prior: HuePrior, device="cpu", progress: bool = False
-                    ) -> dict[str, dict]:
+def score_decodings(model, dataset, limit: int, prior: HuePrior, device="cpu", progress: bool = False,
+                    parallel: bool = False) -> dict[str, dict]:
     """{AS_IS: metrics, HUE_PRIOR: metrics}: `model` on the first `limit` images of `dataset` (a validation
     RestorationDataset), restored as the submission restores them (uint8, the known gray locked), scored as is
-    and after decoding with `prior`. Metrics: the means of score, ssim, masked_ssim, hist_sim."""
-    from imgrestore.submission.predict import restore  # submission imports training, not tuning: no cycle
+    and after decoding with `prior`. Metrics: the means of score, ssim, masked_ssim, hist_sim.
 
+    The model runs here (on `device`), one image at a time; the decoding, which costs far more on the CPU (up
+    to seconds an image for a coloured 512 px restoration: docs/benchmarks.md), runs in Ray tasks of
+    ``DECODE_CHUNK`` images each when `parallel` (Ray must be initialised), over every CPU of the cluster, each
+    chunk sent off as soon as it is restored. The decoding is seeded per image: both ways give the same scores."""
     if getattr(model, "hue_prior", None) is not None:
         raise ValueError("the model already decodes with a hue prior; score it without")
-    rows = {AS_IS: [], HUE_PRIOR: []}
-    for i in tqdm(range(min(len(dataset), limit)), desc="hue-prior decoding", disable=not progress):
+    return score_restorations(_restored(model, dataset, min(len(dataset), limit), device), prior, progress, parallel)
+
+
+@torch.no_grad()
+def _restored(model, dataset, n: int, device) -> Iterator[list[tuple]]:
+    """Chunks of (truth, restoration, mask) of the first `n` images of `dataset`."""
+    from imgrestore.submission.predict import restore  # submission imports training, not tuning: no cycle
+
+    chunk = []
+    for i in range(n):
         gray, mask, rgb = dataset[i]
         g = (gray[0].numpy() * 255).round().astype(np.uint8)
         m = mask[0].numpy() > 0.5
-        truth = to_uint8_rgb(rgb)
-        out = restore(model, g, m, device)
-        rows[AS_IS].append(score_image(truth, out, m))
-        rows[HUE_PRIOR].append(score_image(truth, prior.transform(out, m), m))
+        chunk.append((to_uint8_rgb(rgb), restore(model, g, m, device), m))
+        if len(chunk) == DECODE_CHUNK or i == n - 1:
+            yield chunk
+            chunk = []
+
+
+def score_restorations(chunks: Iterable[list[tuple]], prior: HuePrior, progress: bool = False,
+                       parallel: bool = False) -> dict[str, dict]:
+    """{AS_IS: metrics, HUE_PRIOR: metrics} of chunks of (truth, restoration, mask) triples (uint8 RGB, uint8
+    RGB, bool), decoded here or in Ray tasks (`parallel`): see `score_decodings`."""
+    bar = tqdm(desc="hue-prior decoding" + (" (Ray tasks)" if parallel else ""), unit="image",
+               disable=not progress)
+    if parallel:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("parallel decoding needs Ray initialised (ray.init)")
+        task = ray.remote(num_cpus=1, max_retries=0)(_score_chunk_task)
+        prior_ref = ray.put(prior)
+        sizes = {task.remote(prior_ref, chunk): len(chunk) for chunk in chunks}
+        refs, left = list(sizes), list(sizes)
+        while left:
+            done, left = ray.wait(left, num_returns=1)
+            bar.update(sizes[done[0]])
+        scored = [pair for part in ray.get(refs) for pair in part]
+    else:
+        scored = []
+        for chunk in chunks:
+            scored += _score_chunk(prior, chunk)
+            bar.update(len(chunk))
+    bar.close()
+    if not scored:
+        raise ValueError("no images to score the decoding on")
+    rows = {AS_IS: [a for a, _ in scored], HUE_PRIOR: [b for _, b in scored]}
     return {d: {k: float(np.mean([r[k] for r in rs])) for k in KEYS} for d, rs in rows.items()}
+
+
+def _score_chunk_task(prior: HuePrior, items: list) -> list[tuple[dict, dict]]:
+    torch.set_num_threads(1)  # one task per CPU: torch's own threads would only compete
+    return _score_chunk(prior, items)
+
+
+def _score_chunk(prior: HuePrior, items: list) -> list[tuple[dict, dict]]:
+    """(as-is metrics, decoded metrics) of each (truth, restoration, mask)."""
+    return [(score_image(truth, out, m), score_image(truth, prior.transform(out, m), m)) for truth, out, m in items]
 
 
 def classical_champion(name: str, decoding: str, data_dir, split_csv, val_fold: int = 0) -> torch.nn.Module:

@@ -33,6 +33,13 @@ from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, fit_prior, score_decodi
 CANDIDATES = ("telea", "fsr")
 
 
+def ray_is_up() -> bool:
+    """Decode over the cluster's CPUs when the search's Ray is still up (pipelines/tune.py), here otherwise."""
+    import ray
+
+    return ray.is_initialized()
+
+
 @dataclass
 class Polished:
     checkpoint: Path       # the champion's checkpoint folder (the input one when nothing changed)
@@ -66,7 +73,8 @@ def polish_prefill(checkpoint_dir: str | Path, out_dir: str | Path, split_csv: s
     model, decoding, score = models[best], AS_IS, scores[best]
     if cfg.get("hue_prior"):
         prior = fit_prior(train_frame)
-        decoded = score_decodings(model, val, int(cfg["max_val_images"]), prior, device)
+        decoded = score_decodings(model, val, int(cfg["max_val_images"]), prior, device, progress=True,
+                                  parallel=ray_is_up())
         scores[label(best, HUE_PRIOR)] = decoded[HUE_PRIOR]["score"]
         if decoded[HUE_PRIOR]["score"] > decoded[AS_IS]["score"]:  # the same images, the same (uint8) path
             model.hue_prior, decoding, score = prior, HUE_PRIOR, decoded[HUE_PRIOR]["score"]
