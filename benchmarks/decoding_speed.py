@@ -10,8 +10,9 @@ coloured. This times that step both ways on the same images, and checks that bot
 * faint colour: the gray plus ``--gain`` times the truth's chroma, what a trained colouriser returns (the decoding
   is slower on it: many more distinct colours to transport).
 
-Images: crops of the photos (default ../shared/photos, else the bundled ones), a rectangle of 20% of each lost;
-the prior fitted on other photos than those decoded. Ray: a local instance with every CPU of this machine.
+Images: the photos (default ../shared/photos, else the bundled ones) resized to a square, a rectangle of 20% of
+each lost; the prior fitted on other photos than those decoded. One process: as polish decoded before, with
+torch's default threads. Ray: a local instance with every CPU of this machine, one torch thread per task.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from imgrestore.benchmarking.report import write_sections
 from imgrestore.models.hue_prior import HuePrior
-from imgrestore.tuning.decoding import DECODE_CHUNK, score_restorations
+from imgrestore.tuning.decoding import chunk_size, score_restorations
 
 SECTION = "## Hue-prior decoding: in Ray tasks"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "photos"
@@ -70,14 +72,15 @@ def measure(args) -> list[dict]:
         score_restorations([[item] for item in warm], prior, parallel=True)
         for kind, gain in (("gray", 0.0), (f"faint colour (gain {args.gain})", args.gain)):
             items = restorations(truths, gain)
+            size = chunk_size(len(items))  # as score_decodings chunks them for the tasks
+            chunks = [items[i:i + size] for i in range(0, len(items), size)]
             t = time.perf_counter()
-            chunks = [items[i:i + DECODE_CHUNK] for i in range(0, len(items), DECODE_CHUNK)]
             here = score_restorations(chunks, prior, progress=True)
             here_s = time.perf_counter() - t
             t = time.perf_counter()
             tasks = score_restorations(chunks, prior, progress=True, parallel=True)
             tasks_s = time.perf_counter() - t
-            rows.append({"kind": kind, "n": len(items), "here": here_s, "tasks": tasks_s, "same": here == tasks,
+            rows.append({"kind": kind, "n": len(items), "here": here_s, "tasks": tasks_s, "same": here == tasks, "chunk": size,
                          "score": here["hue prior"]["score"]})
     finally:
         ray.shutdown()
@@ -89,8 +92,10 @@ def section(rows: list[dict], args, argv) -> str:
              f"- command: `python benchmarks/decoding_speed.py {' '.join(argv)}`",
              f"- machine: {platform_module.machine()}, {os.cpu_count()} CPUs; "
              f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             f"- {args.images} photo crops of {args.size} px, 20% lost; one torch thread per task; the decoded "
-             "scores compared exactly; Ray's workers started before timing (once per search, seconds)", "",
+             f"- {args.images} photos resized to {args.size} px squared, 20% lost; one process: torch's default "
+             f"threads ({torch.get_num_threads()}); Ray: one task per CPU, one torch thread each, chunks of "
+             f"{rows[0]['chunk']} images (as polish); Ray's workers started before timing (once per search, "
+             "seconds); the decoded scores compared exactly", "",
              "| restoration | images | one process (s/image) | Ray tasks (s/image) | speed-up | same scores |",
              "|---|---:|---:|---:|---:|---|"]
     for r in rows:

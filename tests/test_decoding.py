@@ -41,15 +41,23 @@ def test_decoded_scores_are_the_submissions_and_the_as_is_ones_are_validations(t
 
 
 def test_decoding_in_ray_tasks_scores_as_decoding_here(tiny_dacon, split, ray_local, monkeypatch):
-    """Polish decodes in Ray tasks (chunks of images): the same per-image seeds, so the same scores."""
+    """Polish decodes in Ray tasks (chunks of images): the same fixed seed, so the same scores; and the work is
+    done in the tasks (here, decoding is made to fail: Ray's workers import the module unpatched)."""
     import imgrestore.tuning.decoding as decoding
 
-    monkeypatch.setattr(decoding, "DECODE_CHUNK", 2)  # several tasks for the tiny set
     train, val = read_split(str(tiny_dacon), str(split), 0)
     prior = fit_prior(train)
     dataset = RestorationDataset(val, None)
     model = create_model("telea").eval()
+    assert decoding.chunk_size(5) == 3 and decoding.chunk_size(100) == decoding.DECODE_CHUNK  # 2 CPUs
     here = score_decodings(model, dataset, 5, prior)
+
+    def not_here(*args):
+        raise AssertionError("decoded in the driver")
+
+    monkeypatch.setattr(decoding, "_score_chunk", not_here)
+    with pytest.raises(AssertionError, match="in the driver"):
+        score_decodings(model, dataset, 5, prior)
     assert score_decodings(model, dataset, 5, prior, parallel=True) == here
 
 

@@ -16,6 +16,7 @@ applies it, so the submission decodes exactly as validation did.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -51,17 +52,29 @@ def score_decodings(model, dataset, limit: int, prior: HuePrior, device="cpu", p
     and after decoding with `prior`. Metrics: the means of score, ssim, masked_ssim, hist_sim.
 
     The model runs here (on `device`), one image at a time; the decoding, which costs far more on the CPU (up
-    to seconds an image for a coloured 512 px restoration: docs/benchmarks.md), runs in Ray tasks of
-    ``DECODE_CHUNK`` images each when `parallel` (Ray must be initialised), over every CPU of the cluster, each
-    chunk sent off as soon as it is restored. The decoding is seeded per image: both ways give the same scores."""
+    to seconds an image for a coloured 512 px restoration: docs/benchmarks.md), runs in Ray tasks when
+    `parallel` (Ray must be initialised): chunks of up to ``DECODE_CHUNK`` images, small enough to give every
+    CPU of the cluster work, each sent off as soon as it is restored. The decoding's random field has a fixed
+    seed, so both ways give the same scores."""
     if getattr(model, "hue_prior", None) is not None:
         raise ValueError("the model already decodes with a hue prior; score it without")
-    return score_restorations(_restored(model, dataset, min(len(dataset), limit), device), prior, progress, parallel)
+    n = min(len(dataset), limit)
+    size = chunk_size(n) if parallel else DECODE_CHUNK
+    return score_restorations(_restored(model, dataset, n, device, size), prior, progress, parallel, total=n)
+
+
+def chunk_size(n: int) -> int:
+    """Images per decoding task: at most DECODE_CHUNK, fewer when that would leave some of the cluster's CPUs
+    without a task."""
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else 1
+    return max(1, min(DECODE_CHUNK, math.ceil(n / cpus)))
 
 
 @torch.no_grad()
-def _restored(model, dataset, n: int, device) -> Iterator[list[tuple]]:
-    """Chunks of (truth, restoration, mask) of the first `n` images of `dataset`."""
+def _restored(model, dataset, n: int, device, size: int = DECODE_CHUNK) -> Iterator[list[tuple]]:
+    """Chunks of `size` (truth, restoration, mask) of the first `n` images of `dataset`."""
     from imgrestore.submission.predict import restore  # submission imports training, not tuning: no cycle
 
     chunk = []
@@ -70,40 +83,63 @@ def _restored(model, dataset, n: int, device) -> Iterator[list[tuple]]:
         g = (gray[0].numpy() * 255).round().astype(np.uint8)
         m = mask[0].numpy() > 0.5
         chunk.append((to_uint8_rgb(rgb), restore(model, g, m, device), m))
-        if len(chunk) == DECODE_CHUNK or i == n - 1:
+        if len(chunk) == size or i == n - 1:
             yield chunk
             chunk = []
 
 
 def score_restorations(chunks: Iterable[list[tuple]], prior: HuePrior, progress: bool = False,
-                       parallel: bool = False) -> dict[str, dict]:
+                       parallel: bool = False, total: int | None = None) -> dict[str, dict]:
     """{AS_IS: metrics, HUE_PRIOR: metrics} of chunks of (truth, restoration, mask) triples (uint8 RGB, uint8
-    RGB, bool), decoded here or in Ray tasks (`parallel`): see `score_decodings`."""
-    bar = tqdm(desc="hue-prior decoding" + (" (Ray tasks)" if parallel else ""), unit="image",
-               disable=not progress)
-    if parallel:
-        import ray
-
-        if not ray.is_initialized():
-            raise RuntimeError("parallel decoding needs Ray initialised (ray.init)")
-        task = ray.remote(num_cpus=1, max_retries=0)(_score_chunk_task)
-        prior_ref = ray.put(prior)
-        sizes = {task.remote(prior_ref, chunk): len(chunk) for chunk in chunks}
-        refs, left = list(sizes), list(sizes)
-        while left:
-            done, left = ray.wait(left, num_returns=1)
-            bar.update(sizes[done[0]])
-        scored = [pair for part in ray.get(refs) for pair in part]
-    else:
-        scored = []
-        for chunk in chunks:
-            scored += _score_chunk(prior, chunk)
-            bar.update(len(chunk))
-    bar.close()
+    RGB, bool), decoded here or in Ray tasks (`parallel`; at most two tasks per CPU in flight, so the images
+    waiting in Ray's object store stay few): see `score_decodings`. `total`: images, for the progress bar."""
+    with tqdm(total=total, desc="hue-prior decoding" + (" (Ray tasks)" if parallel else ""), unit="image",
+              disable=not progress) as bar:
+        scored = _in_tasks(chunks, prior, bar) if parallel else _here(chunks, prior, bar)
     if not scored:
         raise ValueError("no images to score the decoding on")
     rows = {AS_IS: [a for a, _ in scored], HUE_PRIOR: [b for _, b in scored]}
     return {d: {k: float(np.mean([r[k] for r in rs])) for k in KEYS} for d, rs in rows.items()}
+
+
+def _here(chunks, prior: HuePrior, bar) -> list[tuple[dict, dict]]:
+    scored = []
+    for chunk in chunks:
+        scored += _score_chunk(prior, chunk)
+        bar.update(len(chunk))
+    return scored
+
+
+def _in_tasks(chunks, prior: HuePrior, bar) -> list[tuple[dict, dict]]:
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("parallel decoding needs Ray initialised (ray.init)")
+    task = ray.remote(num_cpus=1, max_retries=0)(_score_chunk_task)
+    cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    prior_ref = ray.put(prior)
+    refs, sizes, running = [], {}, []
+
+    def wait_one():
+        done, rest = ray.wait(running, num_returns=1)
+        running[:] = rest
+        bar.update(sizes[done[0]])
+
+    try:
+        for chunk in chunks:
+            while len(running) >= cap:
+                wait_one()
+            ref = task.remote(prior_ref, chunk)
+            refs.append(ref)
+            running.append(ref)
+            sizes[ref] = len(chunk)
+        while running:
+            wait_one()
+        return [pair for part in ray.get(refs) for pair in part]
+    except BaseException:
+        for ref in running:  # an error here (restoring, a task) leaves no task running on
+            ray.cancel(ref)
+        raise
 
 
 def _score_chunk_task(prior: HuePrior, items: list) -> list[tuple[dict, dict]]:
