@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgrestore.benchmarking.report import write_sections
+from imgrestore.benchmarking.report import publish
 from imgrestore.models.hue_prior import HuePrior
 from imgrestore.tuning.decoding import chunk_size, score_restorations
 
@@ -113,10 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--write-docs", type=Path)
     args = ap.parse_args(argv)
     text = section(measure(args), args, sys.argv[1:] if argv is None else argv)
-    print(text)
-    if args.write_docs:
-        write_sections(args.write_docs, {SECTION: text})
-        print(f"wrote the section into {args.write_docs}")
+    publish({SECTION: text}, args.write_docs)
     return 0
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from imgrestore.benchmarking.report import (MEMORY_HOW, MemorySampler, fmt, load_average, machine_info,
-                                            machine_line, table, write_sections)
+                                            machine_line, publish, table)
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Main job on the embedded default"
@@ -106,9 +106,7 @@ def main(argv=None) -> int:
         + table(["quantity", "value"], [list(r) for r in rows], "lr")
         + ["", "Held-out test set of the embedded dataset (photos disjoint from the training photos):", ""]
         + held_out_table(held_out)) + "\n"
-    print(section)
-    if args.write_docs:
-        write_sections(args.write_docs, {SECTION: section})
+    publish({SECTION: section}, args.write_docs)
     return 0
 
 

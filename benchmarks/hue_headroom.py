@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgrestore.benchmarking.report import write_sections
+from imgrestore.benchmarking.report import publish
 from imgrestore.data.dacon import load_dataset
 from imgrestore.data.io import read_gray, read_rgb
 from imgrestore.data.masks import detect_mask, true_mask
@@ -125,10 +125,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     means, deltas, n = measure(args.model, args.data, args.limit)
     text = section(means, deltas, n, args)
-    print(text)
-    if args.write_docs:
-        write_sections(args.write_docs, {SECTION: text})
-        print(f"wrote the section into {args.write_docs}")
+    publish({SECTION: text}, args.write_docs)
     return 0
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from imgrestore.benchmarking.report import model_desc, write_sections
+from imgrestore.benchmarking.report import model_desc, publish
 from imgrestore.data.dacon import load_dataset
 from imgrestore.data.io import read_gray, read_rgb
 from imgrestore.data.masks import detect_mask, true_mask
@@ -98,10 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--write-docs", type=Path)
     args = ap.parse_args(argv)
     text = section(*measure(args.model, args.data, args.limit), sys.argv[1:] if argv is None else argv)
-    print(text)
-    if args.write_docs:
-        write_sections(args.write_docs, {SECTION: text})
-        print(f"wrote the section into {args.write_docs}")
+    publish({SECTION: text}, args.write_docs)
     return 0
 
 

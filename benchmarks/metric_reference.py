@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgrestore.benchmarking.report import write_sections
+from imgrestore.benchmarking.report import publish
 from imgrestore.data.dacon import load_dataset
 from imgrestore.data.io import read_gray, read_rgb
 from imgrestore.data.masks import true_mask
@@ -59,9 +59,7 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {s['n']} | {s['ssim']:.4f} | {s['masked_ssim']:.4f} | {s['hist_sim']:.4f} | "
                      f"{s['score']:.4f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write_docs:
-        write_sections(args.write_docs, {SECTION: text})
+    publish({SECTION: text}, args.write_docs)
     return 0
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 SECTION = "## Preprocess"
-from imgrestore.benchmarking.report import write_sections  # noqa: E402
+from imgrestore.benchmarking.report import publish  # noqa: E402
 from imgrestore.benchmarking.throughput import clustered_points  # noqa: E402  (one generator for both benchmarks)
 
 PHOTOS = Path("/work/shared/photos")
@@ -322,10 +322,7 @@ def main(argv=None) -> int:
     section = render(args, origin, emb_rows, cl_rows, started, load_avg)
     if "cuml" not in backends:
         section += "\ncuML: not measured (no GPU in this session; `--backend cuml` needs RAPIDS cuML and a GPU).\n"
-    print(section)
-    if args.write_docs:
-        write_sections(args.write_docs, {SECTION: section})
-        print(f"wrote section {SECTION!r} of {args.write_docs}")
+    publish({SECTION: section}, args.write_docs)
     return 0
 
 

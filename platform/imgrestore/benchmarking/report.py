@@ -198,6 +198,15 @@ def table(header: list[str], rows: list[list], align: str | None = None) -> list
     return lines
 
 
+def publish(sections: dict[str, str], doc: str | os.PathLike | None = None) -> None:
+    """What every benchmark script ends with: print its `## ...` sections, and write them into `doc` if given."""
+    for text in sections.values():
+        print(text, flush=True)
+    if doc:
+        write_sections(doc, sections)
+        print(f"wrote {', '.join(repr(t) for t in sections)} into {doc}")
+
+
 def write_sections(doc: str | os.PathLike, sections: dict[str, str]) -> None:
     """Add or replace the given `## ...` sections of `doc` (read just before writing); others are kept."""
     from imgrestore.data.io import write_text
