@@ -187,7 +187,6 @@ def champion(cfg: BenchConfig, space, outcome, split_csv, data_dir: Path) -> dic
 
 
 def champion_model(champ: dict):
-    from imgrestore.models import create_model
     from imgrestore.training.checkpoint import load_model
 
     choice = champ["choice"]
@@ -243,7 +242,7 @@ def score_all(test, prior, champ: dict, side: dict, pre, data_dir: Path, hue_pri
 
     group = {"val_split": "cluster-group fold",
              "overlap": quality.photo_overlap(Path(pre.paths["train_csv"]), data_dir / "sources.csv")}
-    val = {label(r["name"], r.get("decoding", "none")): r for r in champ["baselines"].to_dict("records")}
+    val = {label(r["name"], r.get("decoding")): r for r in champ["baselines"].to_dict("records")}
     rows = {}
     for name, fn in quality.classical_predictors(hue_prior).items():
         rows[f"classical: {name}"] = {"frame": quality.score_method(test, fn), "kind": "classical", "family": name,

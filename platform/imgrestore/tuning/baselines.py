@@ -16,6 +16,7 @@ import pandas as pd
 
 from imgrestore.metrics import KEYS
 from imgrestore.models.classical import CLASSICAL
+from imgrestore.tuning.decoding import AS_IS
 
 CLASSICAL_FAMILIES = tuple(CLASSICAL)  # input_copy, telea, navier_stokes, fsr
 # The keys that decide which images validation sees, and at what size: a baseline must share them with the trials.
@@ -87,14 +88,14 @@ def evaluate_baselines(config: dict, families=CLASSICAL_FAMILIES) -> pd.DataFram
 def baselines_markdown(frame: pd.DataFrame) -> str:
     """The baselines as a markdown table (logged on the search's MLflow parent run)."""
     lines = ["| classical restorer | score | S | M | C |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {label(r.name, getattr(r, 'decoding', 'none'))} | {r.score:.4f} | {r.ssim:.4f} | "
+    lines += [f"| {label(r.name, getattr(r, 'decoding', AS_IS))} | {r.score:.4f} | {r.ssim:.4f} | "
               f"{r.masked_ssim:.4f} | {r.hist_sim:.4f} |" for r in frame.itertuples()]
     return "\n".join(lines) + "\n"
 
 
-def label(name: str, decoding: str | None = "none") -> str:
+def label(name: str, decoding: str | None = AS_IS) -> str:
     """A restorer and its decoding, as tables show them: "fsr", "fsr + hue prior"."""
-    return name if decoding in (None, "none") else f"{name} + {decoding}"
+    return name if decoding in (None, AS_IS) else f"{name} + {decoding}"
 
 
 @dataclass
@@ -104,7 +105,7 @@ class ChampionChoice:
     score: float              # its validation score
     best_classical: str       # the best classical restorer's label (with its decoding)
     best_classical_score: float
-    decoding: str = "none"    # the champion's decoding: "none" or "hue prior"
+    decoding: str = AS_IS     # the champion's decoding: AS_IS ("none") or "hue prior"
 
     @property
     def margin(self) -> float:
@@ -113,11 +114,11 @@ class ChampionChoice:
 
 
 def pick_champion(trial_score: float | None, trial_id: str | None, baselines: pd.DataFrame,
-                  trial_decoding: str = "none") -> ChampionChoice:
+                  trial_decoding: str = AS_IS) -> ChampionChoice:
     """The best trial (at its best decoding), unless the best classical restorer (at its best decoding) scores
     higher on the same validation images."""
     top = baselines.iloc[0]
-    decoding = str(top.get("decoding", "none"))
+    decoding = str(top.get("decoding", AS_IS))
     best = label(top["name"], decoding)
     if trial_score is not None and trial_score >= top.score:
         return ChampionChoice("trial", str(trial_id), float(trial_score), best, float(top.score), trial_decoding)

@@ -68,8 +68,14 @@ def chunk_size(n: int) -> int:
     without a task."""
     import ray
 
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else 1
+    cpus = _cluster_cpus() if ray.is_initialized() else 1
     return max(1, min(DECODE_CHUNK, math.ceil(n / cpus)))
+
+
+def _cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 @torch.no_grad()
@@ -116,7 +122,7 @@ def _in_tasks(chunks, prior: HuePrior, bar) -> list[tuple[dict, dict]]:
     if not ray.is_initialized():
         raise RuntimeError("parallel decoding needs Ray initialised (ray.init)")
     task = ray.remote(num_cpus=1, max_retries=0)(_score_chunk_task)
-    cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cap = 2 * _cluster_cpus()
     prior_ref = ray.put(prior)
     refs, sizes, running = [], {}, []
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from imgrestore.tracking.tune_callback import flatten
 from imgrestore.tuning.baselines import label
+from imgrestore.tuning.decoding import AS_IS
 
 SCORE_KEYS = ("score", "ssim", "masked_ssim", "hist_sim")
 
@@ -44,7 +45,7 @@ def summary_text(metrics: dict, config: dict, experiment_dir, tracking_uri, expe
 def champion_text(choice, baselines, model_uri: str, version: str, alias, zip_path) -> str:
     """The champion against the classical restorers on the same validation images, and where it went."""
     lines = ["=" * 72, "Champion (validation score, the same images for every row)", "=" * 72]
-    lines += [f"  {label(r.name, getattr(r, 'decoding', 'none')):<28} {r.score:.4f}   S {r.ssim:.4f}  "
+    lines += [f"  {label(r.name, getattr(r, 'decoding', AS_IS)):<28} {r.score:.4f}   S {r.ssim:.4f}  "
               f"M {r.masked_ssim:.4f}  C {r.hist_sim:.4f}" for r in baselines.itertuples()]
     if choice.kind == "trial":
         lines.append(f"  {label('trial ' + choice.name, choice.decoding):<28} {choice.score:.4f}   <- champion: "
