@@ -222,7 +222,7 @@ def node_report(ray_address: str, tracking_uri: str) -> dict:
 # ----------------------------------------------------------------------------- bench + docs
 
 
-PARTS = ("clustering", "embedding", "metric", "training", "data-wait", "validation", "search")
+PARTS = ("clustering", "embedding", "embedding-sweep", "metric", "training", "data-wait", "validation", "search")
 
 
 def run_bench(quick: bool, only: list[str] | None = None) -> list[dict]:
@@ -231,6 +231,7 @@ def run_bench(quick: bool, only: list[str] | None = None) -> list[dict]:
     t = gpu_bench.TRAINING_BENCHES  # (d)-(g): the training code
     by_part = {"clustering": ("(a) clustering", gpu_bench.bench_clustering),
                "embedding": ("(b) embedding", gpu_bench.bench_embedding),
+               "embedding-sweep": ("(b) embedding batch sweep", gpu_bench.bench_embedding_sweep),
                "metric": ("(c) validation metric", gpu_bench.bench_metric),
                "training": (gpu_bench.TRAIN_NAME, t[gpu_bench.TRAIN_NAME]),
                "data-wait": (gpu_bench.DATA_WAIT_NAME, t[gpu_bench.DATA_WAIT_NAME]),

@@ -151,3 +151,12 @@ def test_cache_embeds_only_new_or_changed_files(ray_local, image_files, tmp_path
     assert third["sha256"][2] != first["sha256"][2]
     assert not np.allclose(third["embedding"][2], first["embedding"][2])
     np.testing.assert_array_equal(third["embedding"][0], first["embedding"][0])
+
+
+def test_ray_data_reports_its_pace(ray_local, image_files):
+    """The plan says when the first embeddings came out and the rate after them (doctor --bench reports both)."""
+    from imgrestore.embedding.ray_embed import ray_embed_paths
+
+    vecs, plan = ray_embed_paths(image_files, "effnet-lite0", batch_size=2)
+    assert sorted(vecs) == sorted(image_files)
+    assert plan["first_batch_s"] > 0 and 0 < plan["steady_images_per_s"] < float("inf")

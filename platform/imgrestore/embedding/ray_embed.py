@@ -147,7 +147,11 @@ def embedding_dataset(paths: list[str], plan: dict, spec: str | None = None, fac
 def ray_embed_paths(paths: list[str], spec: str | None = None, batch_size: int | None = None,
                     num_actors: int | None = None, num_cpus_per_actor: float | None = None, factory=None,
                     preparer=None) -> tuple[dict[str, np.ndarray], dict]:
-    """Embed files with Ray Data (no cache): ({path: unit vector}, the plan used)."""
+    """Embed files with Ray Data (no cache): ({path: unit vector}, the plan used).
+
+    The plan also records the pipeline's pace: ``first_batch_s`` (until the first embeddings come out: Ray Data's
+    start, the actors' model build) and ``steady_images_per_s`` (the images after the first batch over the time
+    they took), the rate that matters for a large set, where the start is paid once."""
     _ensure_ray()
     plan = plan_actors(num_actors, num_cpus_per_actor, batch_size)
     log.info("Ray Data embedding of %d images with %s: %d actor(s), %s GPU and %s CPU each, batch %d "
@@ -155,9 +159,18 @@ def ray_embed_paths(paths: list[str], spec: str | None = None, batch_size: int |
              plan["num_cpus"], plan["batch_size"], plan["decode_batch"])
     ds = embedding_dataset(paths, plan, spec, factory, preparer)
     out: dict[str, np.ndarray] = {}
+    start, first, first_n = time.perf_counter(), None, 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for p, v in zip(batch["path"], batch["embedding"]):
             out[str(p)] = np.asarray(v, np.float32)
+        if first is None:
+            first, first_n = time.perf_counter(), len(out)
+    end = time.perf_counter()
+    plan["first_batch_s"] = (first or end) - start
+    after = len(out) - first_n  # none when everything came out in one batch: no rate to give
+    plan["steady_images_per_s"] = after / (end - first) if after and end > first else float("nan")
+    log.info("Ray Data embedding: first embeddings after %.1f s, then %.0f images/s", plan["first_batch_s"],
+             plan["steady_images_per_s"])
     missing = set(paths) - set(out)
     if missing:
         raise RuntimeError(f"Ray Data returned no embedding for {len(missing)} file(s), e.g. {sorted(missing)[0]}")
