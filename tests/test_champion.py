@@ -20,9 +20,10 @@ def store(tmp_path, monkeypatch):
     exp = get_or_create_experiment("champions", uri)
     ckpt = save_model(create_model("telea"), tmp_path / "telea")
 
-    def register(score: float, fingerprint: str):
+    def register(score: float, fingerprint: str, kind: str | None = None, learned_margin: float = 0.0):
         run = client.create_run(exp)
-        return log_champion(ckpt, run.info.run_id, "imgrestore-test", uri, score, fingerprint, f"score {score}")
+        return log_champion(ckpt, run.info.run_id, "imgrestore-test", uri, score, fingerprint, f"score {score}",
+                            tags=None if kind is None else {"kind": kind}, learned_margin=learned_margin)
 
     return client, register, uri
 
@@ -53,6 +54,21 @@ def test_alias_moves_only_to_a_better_model_on_the_same_validation(store):
     finally:
         tempfile.tempdir = before
     assert model.name == "telea" and list(scratch.iterdir()) == []
+
+
+def test_a_learned_champion_keeps_the_alias_from_a_classical_one_only_by_the_margin(store):
+    """The search's learned_margin holds across searches too: a classical restorer takes the alias from a learned
+    champion that scored higher on the same validation by less than the margin."""
+    client, register, uri = store
+    same = validation_fingerprint("name,fold\na.png,0\n", 0, 128, 64)
+    _, v1, d1 = register(0.5351, same, "trial", 0.005)
+    _, v2, d2 = register(0.5322, same, "classical", 0.005)
+    assert d2.moved and "required 0.0050" in d2.reason
+    assert str(client.get_model_version_by_alias("imgrestore-test", "champion").version) == v2
+    _, v3, d3 = register(0.5400, same, "trial", 0.005)  # clears the margin (the search checked it): it moves
+    assert d3.moved
+    _, v4, d4 = register(0.5330, same, "classical", 0.005)  # the learned one beats it by 0.007: it stays
+    assert not d4.moved and d4.champion_version == v3 and "stays champion" in d4.reason
 
 
 def test_fingerprint_depends_on_every_validation_setting():

@@ -93,6 +93,27 @@ def test_champion_is_chosen_between_equally_decoded_restorers():
     assert label("trial t1", HUE_PRIOR) == "trial t1 + hue prior" and label("fsr") == "fsr"
 
 
+def test_a_trial_must_beat_the_classical_restorer_by_the_required_margin():
+    """learned_margin: a close call goes to the restorer that learned nothing, and the summary says why."""
+    from types import SimpleNamespace
+
+    from imgrestore.tuning.summary import champion_text
+
+    baselines = pd.DataFrame([{"name": "fsr", "decoding": HUE_PRIOR, "score": 0.53, "ssim": 0.9,
+                               "masked_ssim": 0.55, "hist_sim": 0.33}])
+    close = pick_champion(0.533, "t1", baselines, HUE_PRIOR, min_margin=0.005)
+    assert (close.kind, close.name, close.score, close.margin) == ("classical", "fsr", 0.53, 0)
+    assert close.trial_score == 0.533 and close.required_margin == 0.005
+    alias = SimpleNamespace(reason="first", moved=True, champion_version="1")
+    text = champion_text(close, baselines, "models:/m@champion", "1", alias, "sub.zip")
+    assert "required 0.0050" in text and "+0.0030" in text
+    clear = pick_champion(0.536, "t1", baselines, HUE_PRIOR, min_margin=0.005)
+    assert clear.kind == "trial" and clear.margin == pytest.approx(0.006)
+    assert pick_champion(0.53, "t1", baselines, HUE_PRIOR).kind == "trial"  # no margin: a tie goes to the trial
+    with pytest.raises(ValueError, match="learned_margin"):
+        pick_champion(0.6, "t1", baselines, HUE_PRIOR, min_margin=-0.1)
+
+
 def test_a_trial_not_offered_the_decoding_is_compared_with_undecoded_baselines():
     """A search resumed after its space turned hue_prior on: its trials were not offered the decoding, so the
     decoded baseline rows are left out of the choice."""

@@ -9,7 +9,7 @@ from PIL import Image
 from imgrestore.data.embedded import demo_photo
 from imgrestore.metrics import hist_similarity
 from imgrestore.models.color import pillow_luma
-from imgrestore.models.hue_prior import BINS, HuePrior, hue_histogram, same_luma_colours, steer_hues
+from imgrestore.models.hue_prior import BINS, SMOOTH, HuePrior, hue_histogram, same_luma_colours, steer_hues
 
 
 def photo(index: int = 0, size: int = 64) -> np.ndarray:
@@ -114,12 +114,20 @@ def test_prior_has_the_highest_mean_correlation_with_its_images_and_round_trips(
     assert all(mean_corr(prior.histogram) > mean_corr(r) + 1e-9 for r in rivals)
     again = HuePrior.from_config(prior.to_config())
     assert np.allclose(again.histogram, prior.histogram, atol=1e-8)
+    assert (again.smooth, again.steer_lost) == (prior.smooth, prior.steer_lost) == (SMOOTH, True)
     assert HuePrior.from_config(None) is None
+    # a prior saved before these were stored decodes as it did when its champion was chosen (hole kept)
+    legacy = {k: v for k, v in prior.to_config().items() if k not in ("smooth", "steer_lost")}
+    assert (HuePrior.from_config(legacy).smooth, HuePrior.from_config(legacy).steer_lost) == (SMOOTH, False)
     mask = np.zeros((32, 32), bool)
     mask[5:9, 5:9] = True
-    out = prior.transform(images[0], mask)
-    assert np.array_equal(out[mask], images[0][mask])
-    assert np.array_equal(pillow_luma(out), pillow_luma(images[0]))
+    gray = np.repeat(pillow_luma(images[0])[..., None], 3, -1).astype(np.uint8)
+    out = prior.transform(gray, mask)  # the lost region is steered too, and every gray stays exact
+    assert not np.array_equal(out[mask], gray[mask])
+    assert np.array_equal(pillow_luma(out), pillow_luma(gray))
+    kept = HuePrior(prior.histogram, steer_lost=False).transform(gray, mask)
+    assert np.array_equal(kept[mask], gray[mask]) and not np.array_equal(kept, gray)
+    assert np.array_equal(pillow_luma(kept), pillow_luma(gray))
 
 
 def test_a_target_with_empty_bins_keeps_every_pixel_valid():

@@ -31,6 +31,8 @@ def test_shipped_spaces_load_and_pass_the_driver_checks(name):
     ({"amp": "fp8"}, "amp must be one of"),
     ({"image_size": {"choice": [128, 256]}}, "image_size is searched"),
     ({"model": {"name": "unet", "norm": "nope"}}, "norm must be one of"),
+    ({"learned_margin": {"uniform": [0.0, 0.01]}}, "learned_margin must be a constant number >= 0"),
+    ({"learned_margin": -0.01}, "learned_margin must be a constant number >= 0"),
 ])
 def test_space_errors_are_caught_on_the_driver(edit, message):
     space = load_space(SPACES / "demo.yaml")

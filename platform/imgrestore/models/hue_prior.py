@@ -15,8 +15,14 @@ bin. Which pixels go to which bins is an entropic optimal transport (Sinkhorn; C
 (grouped by colour) to the target histogram minus what the fixed pixels already hold; each pixel then draws its
 bin from its row of the plan (identical colours drawing one argmax would pile into one bin), by inverse-CDF
 sampling with one spatially smooth random field (seeded), so that neighbours draw alike: a faint smooth tint,
-not colour grain (on 34 held-out images a 4 px field gave +0.003 over independent draws, S 0.833 vs 0.829).
-Pixels inside the lost region keep the model's colour: there a changed colour also costs the masked SSIM.
+not colour grain (on 34 held-out images a 4 px field gave +0.003 over independent draws, S 0.833 vs 0.829; a
+16 px field raises S by ~0.01 but costs as much C: +0.0015 ± 0.0008 on the benchmark's held-out photos,
+-0.0013 ± 0.0007 on 100 of its training images, so 4 px stays).
+The lost region is steered too (``steer_lost``): a restorer's gray hole is a block of hue-0 pixels that the
+other pixels cannot dilute. FSR decoded, steering the hole as well: +0.012 ± 0.005 on 100 training images (prior
+fitted on the other 300) and +0.011 ± 0.005 on the 100 held-out photos (C +0.04, M -0.01; docs/benchmarks.md,
+"Hue-prior decoding: the lost region steered too"). A prior saved before ``steer_lost`` was stored keeps the
+lost region, as it did when its champion was chosen.
 
 ``HuePrior``: ``fit`` on training truths, ``transform`` a restored image. ``benchmarks/hue_prior_decoding.py``
 shows it lifts the classical restorers as much as the trained models, so a search offers it to every restorer
@@ -37,6 +43,7 @@ from .color import pillow_luma
 
 BINS = 180
 SMOOTH = 4.0  # px: the Gaussian blur of the field that couples neighbouring pixels' draws (_draw)
+LEGACY_STEER_LOST = False  # a prior saved before `steer_lost` was stored kept the lost region (decodes as chosen)
 _KEY = 4096  # cost * _KEY + candidate index packs a (cost, argmin) pair into one int64 for scatter_reduce
 
 
@@ -119,7 +126,7 @@ def _sinkhorn(cost: torch.Tensor, weights: torch.Tensor, target: torch.Tensor, e
 
 
 def steer_hues(rgb: np.ndarray, target: np.ndarray, free: np.ndarray, *, max_step: int = 12, eps: float = 2.0,
-               iters: int = 60, seed: int = 0) -> np.ndarray:
+               iters: int = 60, seed: int = 0, smooth: float = SMOOTH) -> np.ndarray:
     """``rgb`` (H,W,3 uint8) with the pixels where ``free`` is True recoloured so that the whole image's hue
     histogram comes close to ``target`` (180 non-negative weights); every pixel keeps its Pillow luma exactly;
     the others are untouched. See the module doc."""
@@ -149,7 +156,7 @@ def steer_hues(rgb: np.ndarray, target: np.ndarray, free: np.ndarray, *, max_ste
     group_cost = cost[torch.from_numpy(groups[:, 0])] * torch.from_numpy(TEXTURE_WEIGHTS[groups[:, 1]]).float()[:, None]
     want_t = torch.from_numpy(want / want.sum() * n_free).float()
     plan = _sinkhorn(group_cost, torch.from_numpy(counts).float(), want_t, eps, iters)
-    pick = _draw(plan, inverse, free, seed)
+    pick = _draw(plan, inverse, free, seed, smooth)
     out = rgb.copy()
     out[free] = best[torch.from_numpy(col_of), pick].numpy()
     return out
@@ -199,17 +206,18 @@ class HuePrior:
     metric's C of a histogram h against a truth T is <std(h), std(T)>, so this mean is the histogram with the
     highest mean C over the images fitted on (on the benchmark's 100 held-out photos it correlates 0.325 with
     their truths, the mean of sum-normalised histograms 0.313: peaked histograms weigh less).
-    ``transform(rgb, mask)``: the restored image with its hues outside ``mask`` (the lost region) steered
-    (``steer_hues``).
+    ``transform(rgb, mask)``: the restored image with its hues steered (``steer_hues``): everywhere, or outside
+    ``mask`` (the lost region) only when ``steer_lost`` is False.
     """
 
     def __init__(self, histogram: Iterable[float] | None = None, max_step: int = 12, eps: float = 2.0,
-                 iters: int = 60, n_images: int | None = None):
+                 iters: int = 60, n_images: int | None = None, smooth: float = SMOOTH, steer_lost: bool = True):
         self.n_images = n_images  # how many truths it was fitted on (lineage, in the checkpoint)
         self.histogram = None if histogram is None else np.asarray(list(histogram), dtype=np.float64)
         if self.histogram is not None and self.histogram.shape != (BINS,):
             raise ValueError(f"a hue prior has {BINS} bins, got {self.histogram.shape}")
         self.max_step, self.eps, self.iters = int(max_step), float(eps), int(iters)
+        self.smooth, self.steer_lost = float(smooth), bool(steer_lost)
 
     def fit(self, images: Iterable[np.ndarray]) -> "HuePrior":
         hists = [standardised(h) for h in map(hue_histogram, images)]
@@ -223,14 +231,18 @@ class HuePrior:
     def transform(self, rgb: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarray:
         if self.histogram is None:
             raise RuntimeError("HuePrior.transform before fit")
-        return steer_hues(rgb, self.histogram, ~np.asarray(mask, dtype=bool), max_step=self.max_step,
-                          eps=self.eps, iters=self.iters, seed=seed)
+        mask = np.asarray(mask, dtype=bool)
+        free = np.ones_like(mask) if self.steer_lost else ~mask
+        return steer_hues(rgb, self.histogram, free, max_step=self.max_step, eps=self.eps, iters=self.iters,
+                          seed=seed, smooth=self.smooth)
 
     def to_config(self) -> dict:
         return {"histogram": [round(float(x), 8) for x in self.histogram], "max_step": self.max_step,
-                "eps": self.eps, "iters": self.iters, "n_images": self.n_images}
+                "eps": self.eps, "iters": self.iters, "n_images": self.n_images, "smooth": self.smooth,
+                "steer_lost": self.steer_lost}
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> "HuePrior | None":
         return None if not cfg else cls(cfg["histogram"], cfg.get("max_step", 12), cfg.get("eps", 2.0),
-                                        cfg.get("iters", 60), cfg.get("n_images"))
+                                        cfg.get("iters", 60), cfg.get("n_images"),
+                                        cfg.get("smooth", SMOOTH), cfg.get("steer_lost", LEGACY_STEER_LOST))

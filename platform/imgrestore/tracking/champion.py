@@ -8,7 +8,9 @@ described and tagged with its validation score and the fingerprint of its valida
 
 The alias moves only to a better model: a new version whose validation fingerprint equals the current
 champion's and whose score is lower is registered but not aliased; on another validation the two scores
-are not comparable, and the alias moves with that said (`AliasDecision.reason`).
+are not comparable, and the alias moves with that said (`AliasDecision.reason`). Between a learned model and
+a classical restorer (the versions' `kind` tag) the search's own rule applies: the learned one must score
+higher by `learned_margin` (tuning.baselines.pick_champion).
 """
 from __future__ import annotations
 
@@ -46,8 +48,11 @@ class AliasDecision:
     champion_version: str  # the version the alias points at afterwards
 
 
-def decide_alias(client: MlflowClient, name: str, score: float, fingerprint: str) -> AliasDecision:
-    """Should a new version scoring `score` on validation `fingerprint` take the alias? (Not yet registered.)"""
+def decide_alias(client: MlflowClient, name: str, score: float, fingerprint: str, kind: str | None = None,
+                 learned_margin: float = 0.0) -> AliasDecision:
+    """Should a new version scoring `score` on validation `fingerprint` take the alias? (Not yet registered.)
+    `kind`: "trial" or "classical"; against a current champion of the other kind, the trial's side carries
+    `learned_margin` (a learned champion keeps the alias from a classical one only by scoring that much more)."""
     try:
         current = client.get_model_version_by_alias(name, ALIAS)
     except MlflowException:
@@ -58,6 +63,15 @@ def decide_alias(client: MlflowClient, name: str, score: float, fingerprint: str
     if cur_fp != fingerprint:
         return AliasDecision(True, f"version {current.version} was validated on other images (scores not "
                              "comparable); the newest search wins", "")
+    cur_kind = current.tags.get("kind")
+    if kind == "classical" and cur_kind == "trial" and learned_margin > 0:
+        if float(cur_score) - score < learned_margin:
+            return AliasDecision(True, f"version {current.version} (learned, {float(cur_score):.4f}) does not beat "
+                                 f"this classical restorer ({score:.4f}) by the required {learned_margin:.4f} on the "
+                                 "same validation", "")
+        return AliasDecision(False, f"version {current.version} stays champion: {float(cur_score):.4f} beats "
+                             f"{score:.4f} by the required {learned_margin:.4f} on the same validation",
+                             str(current.version))
     if score > float(cur_score):
         return AliasDecision(True, f"beats version {current.version} ({score:.4f} > {float(cur_score):.4f} on "
                              "the same validation)", "")
@@ -66,8 +80,8 @@ def decide_alias(client: MlflowClient, name: str, score: float, fingerprint: str
 
 
 def log_champion(checkpoint_dir: str | os.PathLike, run_id: str, registered_name: str, tracking_uri: str,
-                 score: float, fingerprint: str, description: str, tags: dict | None = None
-                 ) -> tuple[str, str, AliasDecision]:
+                 score: float, fingerprint: str, description: str, tags: dict | None = None,
+                 learned_margin: float = 0.0) -> tuple[str, str, AliasDecision]:
     """Log the checkpoint's model on `run_id`, register it, and move the `champion` alias if it earns it.
 
     Returns (models:/NAME@champion, the new version, the alias decision).
@@ -78,7 +92,7 @@ def log_champion(checkpoint_dir: str | os.PathLike, run_id: str, registered_name
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    decision = decide_alias(client, registered_name, score, fingerprint)
+    decision = decide_alias(client, registered_name, score, fingerprint, (tags or {}).get("kind"), learned_margin)
     with mlflow.start_run(run_id=run_id):
         # pickle format: the pt2 (torch.export) default needs fixed example shapes, and these models
         # take any image size. load_restorer never unpickles: it rebuilds from the extra files.

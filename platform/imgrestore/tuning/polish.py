@@ -117,5 +117,5 @@ def select_champion(outcome, space, split_csv, workdir: str | Path, device: str 
         shutil.copytree(d, workdir / "trial")
     polished = polish_prefill(workdir / "trial", workdir / "polished", split_csv, device)
     choice = pick_champion(polished.score, best_epoch.get("trial_id"), offered(outcome.baselines, best.config),
-                           polished.decoding)
+                           polished.decoding, float(space.config.get("learned_margin", 0.0)))
     return Selection(choice, polished.checkpoint if choice.kind == "trial" else None, best, best_epoch, polished)

@@ -145,6 +145,10 @@ def check_space(space: SearchSpace) -> None:
         validation_config(space.config)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+    margin = space.config.get("learned_margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+        raise ValueError(f"{where}: config.learned_margin must be a constant number >= 0 (how much a trial must "
+                         f"beat the best classical restorer by on validation), got {margin!r}")
     built = set()
     for cfg in corner_configs(space.config):
         try:
