@@ -7,8 +7,8 @@
 may be absent or broken. --input takes any folder of damaged gray images. Every input is validated
 before the model is loaded. Bad input: `error: <message>` on stderr, exit status 2.
 
-A model decodes with the hue prior its checkpoint carries, if any (imgrestore.models.hue_prior: the hues outside
-the lost regions steered towards the training photos' mean hue histogram by faint chroma, each pixel's gray kept
+A model decodes with the hue prior its checkpoint carries, if any (imgrestore.models.hue_prior: the image's hues
+steered towards the training photos' mean hue histogram by faint chroma, each pixel's gray kept
 exactly; a search with `hue_prior: true` keeps it for the champion when it scores higher on validation).
 --hue-prior DACON_DIR: decode with a prior fitted on DACON_DIR's training truths instead (any restorer, classical
 ones alike); --no-hue-prior: decode without one.

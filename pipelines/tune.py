@@ -247,8 +247,8 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
             restorer = classical_champion(choice.name, choice.decoding, dataset.root, split_csv, val["val_fold"])
             ckpt_dir = save_model(restorer, Path(tmp) / choice.name)
             what = (f"classical restorer {label(choice.name, choice.decoding)}: no trial beat it on validation "
-                    f"by the required margin {choice.required_margin:.4f} "
-                    f"(best trial {'none' if polished is None else f'{polished.score:.4f}'})")
+                    + (f"by the required margin {choice.required_margin:.4f} " if choice.required_margin else "")
+                    + f"(best trial {'none' if polished is None else f'{polished.score:.4f}'})")
         description = f"validation score {choice.score:.4f}; {what}"
         model_uri, version, alias = log_champion(ckpt_dir, run_id, name, tracking_uri, choice.score, fingerprint,
                                                  description, tags={"search_run": outcome.parent_run_id,

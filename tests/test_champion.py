@@ -65,8 +65,10 @@ def test_a_learned_champion_keeps_the_alias_from_a_classical_one_only_by_the_mar
     _, v2, d2 = register(0.5322, same, "classical", 0.005)
     assert d2.moved and "required 0.0050" in d2.reason
     assert str(client.get_model_version_by_alias("imgrestore-test", "champion").version) == v2
-    _, v3, d3 = register(0.5400, same, "trial", 0.005)  # clears the margin (the search checked it): it moves
-    assert d3.moved
+    _, _, d = register(0.5360, same, "trial", 0.005)  # +0.0038 over the classical incumbent: not enough
+    assert not d.moved and d.champion_version == v2 and "does not beat" in d.reason
+    _, v3, d3 = register(0.5400, same, "trial", 0.005)  # +0.0078: clears the margin, the alias moves
+    assert d3.moved and "required 0.0050" in d3.reason
     _, v4, d4 = register(0.5330, same, "classical", 0.005)  # the learned one beats it by 0.007: it stays
     assert not d4.moved and d4.champion_version == v3 and "stays champion" in d4.reason
 

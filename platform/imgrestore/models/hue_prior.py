@@ -8,7 +8,7 @@ histograms predict the truth's worse than the plain mean histogram of the traini
 against 0.31, docs/benchmarks.md "Hue-prior decoding"). A faint chroma of a few levels is enough to give a pixel
 any hue, so the histogram can be moved towards that mean while the picture barely changes.
 
-How: every pixel outside the lost region may take any uint8 colour within ``max_step`` levels per channel of
+How: every free pixel (the whole image; outside the lost region only when ``steer_lost`` is False) may take any uint8 colour within ``max_step`` levels per channel of
 the neutral gray of its own Pillow luma *that has the same Pillow luma* (so the known gray stays exact), or
 keep its own colour. Moving it to a hue bin costs the squared RGB distance to the nearest such colour in that
 bin. Which pixels go to which bins is an entropic optimal transport (Sinkhorn; Cuturi 2013) from the pixels

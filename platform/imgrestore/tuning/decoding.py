@@ -3,7 +3,7 @@
 The metric's hue term rewards an image whose hue histogram matches the truth's, and on photos a model has not
 seen, the training truths' mean hue histogram predicts that better than a learned colouriser trained on a
 hundred photos does (docs/benchmarks.md, "Hue-prior decoding"). ``imgrestore.models.hue_prior`` steers a
-restoration's hues outside the lost region towards that mean, keeping every pixel's gray. It lifts a gray
+restoration's hues (the lost region's too) towards that mean, keeping every pixel's gray. It lifts a gray
 classical restorer as much as a learned one, so it is offered to *every* restorer after the search, the
 classical baselines included: each is scored on the same validation images as it is and decoded, and keeps
 whichever scores higher. The champion's margin over the best classical restorer is then a margin between

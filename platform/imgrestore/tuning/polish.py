@@ -108,14 +108,16 @@ def select_champion(outcome, space, split_csv, workdir: str | Path, device: str 
     from imgrestore.tuning.search import best_checkpoint
 
     workdir = Path(workdir)
+    margin = float(space.config.get("learned_margin", 0.0))  # check_space: a constant number >= 0
     try:
         best, checkpoint, best_epoch = best_checkpoint(outcome.results, space.metric, space.mode)
     except RuntimeError as e:  # no trial reported or left a checkpoint: the classical restorers are all there is
-        return Selection(pick_champion(None, None, outcome.baselines), None, None, {}, None, str(e))
+        return Selection(pick_champion(None, None, outcome.baselines, min_margin=margin), None, None, {}, None,
+                         str(e))
     shutil.rmtree(workdir / "trial", ignore_errors=True)
     with checkpoint.as_directory() as d:
         shutil.copytree(d, workdir / "trial")
     polished = polish_prefill(workdir / "trial", workdir / "polished", split_csv, device)
     choice = pick_champion(polished.score, best_epoch.get("trial_id"), offered(outcome.baselines, best.config),
-                           polished.decoding, float(space.config.get("learned_margin", 0.0)))
+                           polished.decoding, margin)
     return Selection(choice, polished.checkpoint if choice.kind == "trial" else None, best, best_epoch, polished)

@@ -146,7 +146,7 @@ def check_space(space: SearchSpace) -> None:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     margin = space.config.get("learned_margin", 0.0)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < float("inf"):
         raise ValueError(f"{where}: config.learned_margin must be a constant number >= 0 (how much a trial must "
                          f"beat the best classical restorer by on validation), got {margin!r}")
     built = set()
