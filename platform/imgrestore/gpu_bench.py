@@ -225,10 +225,9 @@ def _ray_row(name, paths, arch, local, what, gpu) -> dict:
     finally:
         ray.shutdown()
     n = len(paths)
-    diff = float(np.abs(np.stack([vecs[p] for p in paths[:len(local)]]) - local).max())
-    if n > len(local):  # the same file under another name must embed alike
-        diff = max(diff, float(np.abs(np.stack([vecs[p] for p in paths[len(local):]]) -
-                                      np.tile(local, (n // len(local) + 1, 1))[len(local):n]).max()))
+    # path i is the loop's file i % len(local), under another name past the first len(local): it must embed alike
+    diff = float(np.abs(np.stack([vecs[p] for p in paths]) - local[np.arange(n) % len(local)]).max())
+    if n > len(local):
         what = f"{what}, embedded {n} times in all (the same PNGs under {n - len(local)} more names)"
     # the rate after the first embeddings come out is what a 30k-image set sees (its start is paid once)
     steady = plan["steady_images_per_s"]
@@ -784,30 +783,35 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
         rate, _ = alone(node_workers)
         more = f"; with {node_workers} workers (a trial given every core here): {rate:.0f} images/s"
         counts.append(node_workers)
-    parts, dtype = [], "?"
+    dtype = "?"
+
+    def share(m: dict, cfg: dict, n_workers: int) -> str:
+        """One model's training steps fed by `n_workers` loader workers: the share of time spent waiting."""
+        nonlocal dtype
+        _clear_gpu()
+        trainer = _Trainer(m, cfg, device, "auto", steps + 1, class_weights(cfg))
+        dtype = _dtype_name(trainer.amp_dtype)
+        it = iter(loader(trainer.model, n_workers))
+        trainer.step(*next(it))  # warm-up, and the workers' start
+        wait = busy = 0.0
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            batch = next(it)
+            t1 = time.perf_counter()
+            trainer.step(*batch)
+            _sync()
+            wait, busy = wait + t1 - t0, busy + time.perf_counter() - t1
+        return (f"{100 * wait / (wait + busy):.0f}% ({1000 * wait / steps:.0f} ms wait, {1000 * busy / steps:.0f} ms "
+                f"step)" + (f" with {n_workers} workers" if n_workers != workers else ""))
+
+    parts = []
     for family in _families(grid)[:1] if quick else _families(grid):
         m = _smallest(grid, family)
         cfg = training_cfg(m)
         shares = []
         for n_workers in counts:
             try:
-                _clear_gpu()
-                trainer = _Trainer(m, cfg, device, "auto", steps + 1, class_weights(cfg))
-                dtype = _dtype_name(trainer.amp_dtype)
-                it = iter(loader(trainer.model, n_workers))
-                trainer.step(*next(it))  # warm-up, and the workers' start
-                wait = busy = 0.0
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    batch = next(it)
-                    t1 = time.perf_counter()
-                    trainer.step(*batch)
-                    _sync()
-                    wait, busy = wait + t1 - t0, busy + time.perf_counter() - t1
-                del it, trainer
-                shares.append(f"{100 * wait / (wait + busy):.0f}% ({1000 * wait / steps:.0f} ms wait, "
-                              f"{1000 * busy / steps:.0f} ms step)" + (f" with {n_workers} workers" if n_workers !=
-                                                                        workers else ""))
+                shares.append(share(m, cfg, n_workers))
             except Exception as e:
                 shares.append(missing(e))
         parts.append(f"{family} {_label(m)}: " + ", ".join(shares))

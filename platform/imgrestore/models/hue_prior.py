@@ -8,21 +8,21 @@ histograms predict the truth's worse than the plain mean histogram of the traini
 against 0.31, docs/benchmarks.md "Hue-prior decoding"). A faint chroma of a few levels is enough to give a pixel
 any hue, so the histogram can be moved towards that mean while the picture barely changes.
 
-How: every free pixel (the whole image; outside the lost region only when ``steer_lost`` is False) may take any uint8 colour within ``max_step`` levels per channel of
-the neutral gray of its own Pillow luma *that has the same Pillow luma* (so the known gray stays exact), or
-keep its own colour. Moving it to a hue bin costs the squared RGB distance to the nearest such colour in that
-bin. Which pixels go to which bins is an entropic optimal transport (Sinkhorn; Cuturi 2013) from the pixels
-(grouped by colour) to the target histogram minus what the fixed pixels already hold; each pixel then draws its
-bin from its row of the plan (identical colours drawing one argmax would pile into one bin), by inverse-CDF
-sampling with one spatially smooth random field (seeded), so that neighbours draw alike: a faint smooth tint,
-not colour grain (on 34 held-out images a 4 px field gave +0.003 over independent draws, S 0.833 vs 0.829; a
-16 px field raises S by ~0.01 but costs as much C: +0.0015 ± 0.0008 on the benchmark's held-out photos,
--0.0013 ± 0.0007 on 100 of its training images, so 4 px stays).
-The lost region is steered too (``steer_lost``): a restorer's gray hole is a block of hue-0 pixels that the
-other pixels cannot dilute. FSR decoded, steering the hole as well: +0.012 ± 0.005 on 100 training images (prior
-fitted on the other 300) and +0.011 ± 0.005 on the 100 held-out photos (C +0.04, M -0.01; docs/benchmarks.md,
-"Hue-prior decoding: the lost region steered too"). A prior saved before ``steer_lost`` was stored keeps the
-lost region, as it did when its champion was chosen.
+How: every free pixel (the whole image; outside the lost region only when ``steer_lost`` is False) may take any
+uint8 colour within ``max_step`` levels per channel of the neutral gray of its own Pillow luma *that has the same
+Pillow luma* (so the known gray stays exact), or keep its own colour. Moving it to a hue bin costs the squared RGB
+distance to the nearest such colour in that bin. Which pixels go to which bins is an entropic optimal transport
+(Sinkhorn; Cuturi 2013) from the pixels (grouped by colour) to the target histogram minus what the fixed pixels
+already hold; each pixel then draws its bin from its row of the plan (identical colours drawing one argmax would
+pile into one bin), by inverse-CDF sampling with one spatially smooth random field (seeded), so that neighbours
+draw alike: a faint smooth tint, not colour grain (on 34 held-out images a 4 px field gave +0.003 over independent
+draws, S 0.833 vs 0.829; a 16 px field raises S by ~0.01 but costs as much C: +0.0015 ± 0.0008 on the benchmark's
+held-out photos, -0.0013 ± 0.0007 on 100 of its training images, so 4 px stays). The lost region is steered too
+(``steer_lost``): a restorer's gray hole is a block of hue-0 pixels that the other pixels cannot dilute. FSR
+decoded, steering the hole as well: +0.012 ± 0.005 on 100 training images (prior fitted on the other 300) and
++0.011 ± 0.005 on the 100 held-out photos (C +0.04, M -0.01; docs/benchmarks.md, "Hue-prior decoding: the lost
+region steered too"). A prior saved before ``steer_lost`` was stored keeps the lost region, as it did when its
+champion was chosen.
 
 ``HuePrior``: ``fit`` on training truths, ``transform`` a restored image. ``benchmarks/hue_prior_decoding.py``
 shows it lifts the classical restorers as much as the trained models, so a search offers it to every restorer

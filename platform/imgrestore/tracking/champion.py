@@ -6,11 +6,11 @@ run it came from (the winning trial's run, whose parameters and learning curves 
 search's parent run for a classical restorer), that run is tagged `champion`, and the model version is
 described and tagged with its validation score and the fingerprint of its validation (split, fold, size).
 
-The alias moves only to a better model (within the margin below): a new version whose validation fingerprint equals the current
-champion's and whose score is lower is registered but not aliased; on another validation the two scores
-are not comparable, and the alias moves with that said (`AliasDecision.reason`). Between a learned model and
-a classical restorer (the versions' `kind` tag) the search's own rule applies: the learned one must score
-higher by `learned_margin` (tuning.baselines.pick_champion).
+The alias moves only to a better model (within the margin below): a new version whose validation
+fingerprint equals the current champion's and whose score is lower is registered but not aliased; on another
+validation the two scores are not comparable, and the alias moves with that said (`AliasDecision.reason`).
+Between a learned model and a classical restorer (the versions' `kind` tag) the search's own rule applies: the
+learned one must score higher by `learned_margin` (tuning.baselines.pick_champion).
 """
 from __future__ import annotations
 
@@ -63,22 +63,15 @@ def decide_alias(client: MlflowClient, name: str, score: float, fingerprint: str
     if cur_fp != fingerprint:
         return AliasDecision(True, f"version {current.version} was validated on other images (scores not "
                              "comparable); the newest search wins", "")
-    cur_kind = current.tags.get("kind")
-    if kind == "trial" and cur_kind == "classical" and learned_margin > 0:
-        if score - float(cur_score) >= learned_margin:
-            return AliasDecision(True, f"beats version {current.version} (classical, {float(cur_score):.4f}) by the "
-                                 f"required {learned_margin:.4f} on the same validation ({score:.4f})", "")
-        return AliasDecision(False, f"version {current.version} stays champion: this learned model ({score:.4f}) "
-                             f"does not beat that classical restorer ({float(cur_score):.4f}) by the required "
-                             f"{learned_margin:.4f} on the same validation", str(current.version))
-    if kind == "classical" and cur_kind == "trial" and learned_margin > 0:
-        if float(cur_score) - score < learned_margin:
-            return AliasDecision(True, f"version {current.version} (learned, {float(cur_score):.4f}) does not beat "
-                                 f"this classical restorer ({score:.4f}) by the required {learned_margin:.4f} on the "
-                                 "same validation", "")
-        return AliasDecision(False, f"version {current.version} stays champion: {float(cur_score):.4f} beats "
-                             f"{score:.4f} by the required {learned_margin:.4f} on the same validation",
-                             str(current.version))
+    if learned_margin > 0 and {kind, current.tags.get("kind")} == {"trial", "classical"}:
+        # a learned model against a classical restorer, either way round: the learned one needs the margin
+        learned, classical = (score, float(cur_score)) if kind == "trial" else (float(cur_score), score)
+        learned_wins = learned - classical >= learned_margin
+        how = (f"the learned model ({learned:.4f}) {'beats' if learned_wins else 'does not beat'} the classical "
+               f"restorer ({classical:.4f}) by the required {learned_margin:.4f} on the same validation")
+        if learned_wins == (kind == "trial"):
+            return AliasDecision(True, f"takes the alias from version {current.version}: {how}", "")
+        return AliasDecision(False, f"version {current.version} stays champion: {how}", str(current.version))
     if score > float(cur_score):
         return AliasDecision(True, f"beats version {current.version} ({score:.4f} > {float(cur_score):.4f} on "
                              "the same validation)", "")
