@@ -350,6 +350,7 @@ DACON_YAML = Path(__file__).resolve().parents[2] / "search_spaces" / "dacon.yaml
 _DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "quniform", "qloguniform")  # as tuning.space
 QUICK = {"size": 64, "batch_size": 2, "warmup": 1, "steps": 1, "val_images": 2, "search_val_images": 4}
 FULL = {"warmup": 2, "steps": 5, "wait_steps": 20, "search_val_images": 16, "cpu_val_images": 24}
+ADVISED_GPU_NODE_CPUS = 8  # dacon.yaml / docs/cluster.md: give trials 6-8 CPUs on H100-class nodes
 DACON_TRAIN_PAIRS = 30000  # the competition's training set, roughly: what an epoch costs at 512 px
 _SETS: dict = {}
 
@@ -779,10 +780,14 @@ def bench_data_wait(quick: bool = False) -> list[dict]:
     alone_rate, first_s = alone(workers)
     more = ""
     counts = [workers]
-    if node_workers > workers and not quick:  # what the same trial waits given every core of this node
-        rate, _ = alone(node_workers)
-        more = f"; with {node_workers} workers (a trial given every core here): {rate:.0f} images/s"
-        counts.append(node_workers)
+    # what the same trial waits with dacon.yaml's advice for H100-class nodes (cpu 8), and given every core here
+    advised = trial_workers(first_cfg["num_workers"], ADVISED_GPU_NODE_CPUS)
+    for n_workers, why in ((advised, f"cpu {ADVISED_GPU_NODE_CPUS}, the advice for such nodes"),
+                           (node_workers, "a trial given every core here")):
+        if workers < n_workers <= node_workers and n_workers not in counts and not quick:
+            rate, _ = alone(n_workers)
+            more += f"; with {n_workers} workers ({why}): {rate:.0f} images/s"
+            counts.append(n_workers)
     dtype = "?"
 
     def share(m: dict, cfg: dict, n_workers: int) -> str:
