@@ -92,6 +92,10 @@ def main(argv=None) -> int:
              "on validation", f"{result['champion_val_score']:.4f}, {result['margin_over_classical']:+.4f}"),
             ("champion: held-out test score, validation − test", f"{champ_test:.4f}, "
              f"{result['champion_val_score'] - champ_test:+.4f}")]
+    if "champion_cv_score" in result:  # a classical champion, scored on every fold too
+        rows.append(("classical champion on every fold: score ± s.e., every-fold − test",
+                     f"{result['champion_cv_score']:.4f} ± {result['champion_cv_sem']:.4f}, "
+                     f"{result['champion_cv_score'] - champ_test:+.4f}"))
     n_test = len(held_out["demo champion"]["frame"])
     section = "\n".join(
         [SECTION, "", "`python pipelines/tune.py` with no arguments (`make demo` once the environment exists), from an "

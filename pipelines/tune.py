@@ -43,7 +43,7 @@ from imgrestore.tracking import setup_tracking
 from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
 from imgrestore.tracking.tune_callback import TRIAL_TAG
 from imgrestore.training.checkpoint import save_model
-from imgrestore.tuning.baselines import label, validation_config
+from imgrestore.tuning.baselines import classical_across_folds, label, validation_config
 from imgrestore.tuning.decoding import classical_champion
 from imgrestore.tuning.polish import select_champion
 from imgrestore.tuning.search import SearchInterrupted, latest_experiment, run_search
@@ -242,6 +242,7 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
             what = (f"{best.config['model']['name']} from trial {choice.name}, epoch {best_epoch.get('epoch')}, "
                     f"prefill {label(polished.prefill, polished.decoding)}; margin over the best classical restorer "
                     f"({choice.best_classical}): {choice.margin:+.4f}")
+            folds = None
         else:
             run_id = outcome.parent_run_id
             restorer = classical_champion(choice.name, choice.decoding, dataset.root, split_csv, val["val_fold"])
@@ -249,6 +250,12 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
             what = (f"classical restorer {label(choice.name, choice.decoding)}: no trial beat it on validation "
                     + (f"by the required margin {choice.required_margin:.4f} " if choice.required_margin else "")
                     + f"(best trial {'none' if polished is None else f'{polished.score:.4f}'})")
+            # it trained on nothing: every fold can validate it, a better forecast for unseen photos than one fold
+            print(f"scoring the champion {label(choice.name, choice.decoding)} on every fold ...")
+            folds = classical_across_folds(choice, outcome.baselines, {**space.config, "data_dir": str(dataset.root)},
+                                           split_csv, parallel=ray.is_initialized())
+            if folds is not None:
+                what += f"; on every fold: {folds.text()}"
         description = f"validation score {choice.score:.4f}; {what}"
         model_uri, version, alias = log_champion(ckpt_dir, run_id, name, tracking_uri, choice.score, fingerprint,
                                                  description, tags={"search_run": outcome.parent_run_id,
@@ -261,17 +268,20 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
                                 comment=submission_comment(f"tune.py, MLflow run {outcome.parent_run_id}"))
     client.log_artifact(outcome.parent_run_id, str(zip_path))
     best_metrics = {f"best_{k}": float(best_epoch[k]) for k in SCORE_KEYS if k in best_epoch}
-    for k, v in {**best_metrics, "champion_val_score": choice.score, "champion_margin": choice.margin}.items():
+    cv = {} if folds is None else {"champion_cv_score": folds.score, "champion_cv_sem": folds.sem}
+    for k, v in {**best_metrics, "champion_val_score": choice.score, "champion_margin": choice.margin, **cv}.items():
         client.log_metric(outcome.parent_run_id, k, v)
+    if folds is not None:
+        client.log_text(outcome.parent_run_id, folds.markdown(), "champion_folds.md")
     client.set_tag(outcome.parent_run_id, "best_trial_id", best_epoch.get("trial_id", ""))
     client.set_tag(outcome.parent_run_id, "champion", f"{choice.kind}: {choice.name} (version {version})")
     client.set_terminated(outcome.parent_run_id, "FINISHED")
     if best is not None:
         print(summary_text(best_epoch, best.config, outcome.experiment_dir, tracking_uri, outcome.experiment_id))
-    print(champion_text(choice, outcome.baselines, model_uri, version, alias, zip_path.resolve()))
+    print(champion_text(choice, outcome.baselines, model_uri, version, alias, zip_path.resolve(), folds))
     print(json.dumps({"submission": str(zip_path.resolve()), "champion": model_uri, "version": version,
                       "champion_kind": choice.kind, "champion_val_score": choice.score,
-                      "margin_over_classical": choice.margin, "alias_moved": alias.moved, **best_metrics}))
+                      "margin_over_classical": choice.margin, "alias_moved": alias.moved, **cv, **best_metrics}))
     return 0
 
 

@@ -11,7 +11,7 @@ from imgrestore.training.checkpoint import load_model, save_model
 from imgrestore.training.data import RestorationDataset
 from imgrestore.training.evaluate import evaluate
 from imgrestore.training.loop import read_split
-from imgrestore.tuning.baselines import label, pick_champion
+from imgrestore.tuning.baselines import classical_across_folds, label, pick_champion
 from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, classical_champion, fit_prior, score_decodings
 
 
@@ -125,3 +125,39 @@ def test_a_trial_not_offered_the_decoding_is_compared_with_undecoded_baselines()
     assert len(offered(baselines, {"hue_prior": True})) == 2
     old = baselines.drop(columns="decoding").iloc[1:]  # a baselines.csv written before decodings existed
     assert offered(old, {}) is old
+
+
+def test_a_classical_champion_is_scored_on_every_fold_with_a_prior_of_the_other_folds(tiny_dacon, split, monkeypatch):
+    """It trained on nothing, so every fold validates it: the search's fold keeps its measured row, every other
+    fold is restored and decoded with a prior fitted without that fold's truths; the mean weighs every image."""
+    import imgrestore.tuning.baselines as baselines_module
+
+    fitted = []
+
+    def spy(frame, *args, **kw):
+        fitted.append(set(frame["fold"]))
+        return fit_prior(frame, *args, **kw)
+
+    monkeypatch.setattr(baselines_module, "fit_prior", spy)
+    config = {"data_dir": str(tiny_dacon), "preproc_csv": str(split), "val_fold": 0, "image_size": None,
+              "max_val_images": 4, "hue_prior": True}
+    measured = {"score": 0.9, "ssim": 0.8, "masked_ssim": 0.7, "hist_sim": 0.6}
+    table = pd.DataFrame([{"name": "telea", "decoding": HUE_PRIOR, **measured},
+                          {"name": "telea", "decoding": AS_IS, **{k: v / 2 for k, v in measured.items()}}])
+    choice = pick_champion(None, None, table)
+    folds = classical_across_folds(choice, table, config, split)
+    assert fitted == [{0}]  # fold 1's prior: fold 0's truths only; fold 0 was not scored again
+    assert list(folds.frame["fold"]) == [0, 1] and list(folds.frame["images"]) == [4, 4]
+    assert folds.frame.iloc[0][list(measured)].to_dict() == measured
+    train, fold1 = read_split(str(tiny_dacon), str(split), 1)
+    direct = score_decodings(create_model("telea").eval(), RestorationDataset(fold1, None), 4, fit_prior(train))
+    assert folds.frame.iloc[1]["score"] == pytest.approx(direct[HUE_PRIOR]["score"], abs=1e-12)
+    assert folds.score == pytest.approx((0.9 + direct[HUE_PRIOR]["score"]) / 2)
+    assert "over 2 folds (8 images" in folds.text() and "| 1 | 4 |" in folds.markdown()
+
+    fitted.clear()  # undecoded: no prior anywhere, the as-is scores
+    plain = classical_across_folds(pick_champion(None, None, table[table["decoding"] == AS_IS]), table, config,
+                                   split)
+    assert fitted == [] and plain.frame.iloc[1]["score"] == pytest.approx(direct[AS_IS]["score"], abs=1e-12)
+    # a learned champion would need a training per fold
+    assert classical_across_folds(pick_champion(2.0, "t1", table), table, config, split) is None

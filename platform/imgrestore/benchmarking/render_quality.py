@@ -137,6 +137,10 @@ def champion_lines(res) -> list[str]:
     out.append(f"- held-out test: {fmt(test_score(c), 4)} (S {fmt(f['ssim'].mean())}, M {fmt(f['masked_ssim'].mean())}"
                f", C {fmt(f['hist_sim'].mean())}); validation − test {c['val_score'] - test_score(c):+.4f}; the best "
                f"classical restorer on the test set, `{short(bc)}`, {fmt(test_score(q[bc]), 4)}: {versus}.")
+    folds = champ.get("folds")
+    if folds is not None:  # a classical champion: every fold can validate it
+        out.append(f"- the champion on every fold of the training set (each decoded with a prior of the other "
+                   f"folds): {folds.text()}; every-fold − test {folds.score - test_score(c):+.4f}.")
     if BEST_TRIAL in q:
         out.append(f"- the best trial (polished) on the test set: {fmt(test_score(q[BEST_TRIAL]), 4)}; best trial − "
                    f"`{short(bc)}` {paired_text(q[BEST_TRIAL], q[bc])}.")

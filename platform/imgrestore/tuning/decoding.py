@@ -45,11 +45,12 @@ def fit_prior(train_frame: pd.DataFrame, limit: int = PRIOR_IMAGES, seed: int = 
     return HuePrior().fit(read_rgb(p) for p in tqdm(paths, desc="fitting the hue prior", disable=not progress))
 
 
-def score_decodings(model, dataset, limit: int, prior: HuePrior, device="cpu", progress: bool = False,
+def score_decodings(model, dataset, limit: int, prior: HuePrior | None, device="cpu", progress: bool = False,
                     parallel: bool = False) -> dict[str, dict]:
     """{AS_IS: metrics, HUE_PRIOR: metrics}: `model` on the first `limit` images of `dataset` (a validation
     RestorationDataset), restored as the submission restores them (uint8, the known gray locked), scored as is
-    and after decoding with `prior`. Metrics: the means of score, ssim, masked_ssim, hist_sim.
+    and after decoding with `prior` (None: as is only, {AS_IS: metrics}). Metrics: the means of score, ssim,
+    masked_ssim, hist_sim.
 
     The model runs here (on `device`), one image at a time; the decoding, which costs far more on the CPU (up
     to seconds an image for a coloured 512 px restoration: docs/benchmarks.md), runs in Ray tasks when
@@ -94,17 +95,17 @@ def _restored(model, dataset, n: int, device, size: int = DECODE_CHUNK) -> Itera
             chunk = []
 
 
-def score_restorations(chunks: Iterable[list[tuple]], prior: HuePrior, progress: bool = False,
+def score_restorations(chunks: Iterable[list[tuple]], prior: HuePrior | None, progress: bool = False,
                        parallel: bool = False, total: int | None = None) -> dict[str, dict]:
     """{AS_IS: metrics, HUE_PRIOR: metrics} of chunks of (truth, restoration, mask) triples (uint8 RGB, uint8
     RGB, bool), decoded here or in Ray tasks (`parallel`; at most two tasks per CPU in flight, so the images
     waiting in Ray's object store stay few): see `score_decodings`. `total`: images, for the progress bar."""
-    with tqdm(total=total, desc="hue-prior decoding" + (" (Ray tasks)" if parallel else ""), unit="image",
-              disable=not progress) as bar:
+    desc = ("hue-prior decoding" if prior is not None else "scoring") + (" (Ray tasks)" if parallel else "")
+    with tqdm(total=total, desc=desc, unit="image", disable=not progress) as bar:
         scored = _in_tasks(chunks, prior, bar) if parallel else _here(chunks, prior, bar)
     if not scored:
         raise ValueError("no images to score the decoding on")
-    rows = {AS_IS: [a for a, _ in scored], HUE_PRIOR: [b for _, b in scored]}
+    rows = {AS_IS: [a for a, _ in scored], **({HUE_PRIOR: [b for _, b in scored]} if prior is not None else {})}
     return {d: {k: float(np.mean([r[k] for r in rs])) for k in KEYS} for d, rs in rows.items()}
 
 
@@ -153,9 +154,10 @@ def _score_chunk_task(prior: HuePrior, items: list) -> list[tuple[dict, dict]]:
     return _score_chunk(prior, items)
 
 
-def _score_chunk(prior: HuePrior, items: list) -> list[tuple[dict, dict]]:
-    """(as-is metrics, decoded metrics) of each (truth, restoration, mask)."""
-    return [(score_image(truth, out, m), score_image(truth, prior.transform(out, m), m)) for truth, out, m in items]
+def _score_chunk(prior: HuePrior | None, items: list) -> list[tuple[dict, dict | None]]:
+    """(as-is metrics, decoded metrics or None without a prior) of each (truth, restoration, mask)."""
+    return [(score_image(truth, out, m), None if prior is None else score_image(truth, prior.transform(out, m), m))
+            for truth, out, m in items]
 
 
 def classical_champion(name: str, decoding: str, data_dir, split_csv, val_fold: int = 0) -> torch.nn.Module:

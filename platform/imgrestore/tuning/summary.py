@@ -42,8 +42,9 @@ def summary_text(metrics: dict, config: dict, experiment_dir, tracking_uri, expe
     return "\n".join(lines)
 
 
-def champion_text(choice, baselines, model_uri: str, version: str, alias, zip_path) -> str:
-    """The champion against the classical restorers on the same validation images, and where it went."""
+def champion_text(choice, baselines, model_uri: str, version: str, alias, zip_path, folds=None) -> str:
+    """The champion against the classical restorers on the same validation images, and where it went; `folds`
+    (tuning.baselines.FoldScores): a classical champion scored on every fold."""
     lines = ["=" * 72, "Champion (validation score, the same images for every row)", "=" * 72]
     lines += [f"  {label(r.name, getattr(r, 'decoding', AS_IS)):<28} {r.score:.4f}   S {r.ssim:.4f}  "
               f"M {r.masked_ssim:.4f}  C {r.hist_sim:.4f}" for r in baselines.itertuples()]
@@ -56,6 +57,9 @@ def champion_text(choice, baselines, model_uri: str, version: str, alias, zip_pa
                      + (f"beat it by the required {choice.required_margin:.4f} on validation (the best trial: "
                         f"{choice.trial_score:.4f}, {choice.trial_score - choice.score:+.4f})" if close else
                         "beat it on validation (more data, epochs or another space needed)"))
+    if folds is not None:
+        lines.append(f"  the champion on every fold (a fold's hue prior is fitted on the others): {folds.text()}"
+                     " - the forecast for unseen photos")
     lines += [f"registered       version {version}; alias: {alias.reason}"
               + ("" if alias.moved else f" -> the submission uses version {alias.champion_version}"),
               f"champion         {model_uri}",
