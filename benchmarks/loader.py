@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from imgrestore.benchmarking.report import _children_map, _pss_mb, rss_mb, write_sections  # noqa: E402
 from imgrestore.data.build import BuildConfig, build_dataset  # noqa: E402
 from imgrestore.data.embedded import bundled_photos  # noqa: E402
-from imgrestore.gpu_bench import _train_frame  # noqa: E402
+from imgrestore.benchmarking.gpu_dacon import train_frame_of  # noqa: E402
 from imgrestore.models import create_model  # noqa: E402
 from imgrestore.models.prefill import PrefillCollate  # noqa: E402
 from imgrestore.training.data import RestorationDataset, batch_to_device  # noqa: E402
@@ -96,7 +96,7 @@ def cost_section(rows: list[dict], args, n: int) -> str:
 
 
 def measure(root: Path, size: int, workers: int, batch: int, epochs: int, uint8: bool = True) -> list[dict]:
-    frame = _train_frame(root)
+    frame = train_frame_of(root)
     cfg = with_defaults({"num_workers": workers, "batch_size": batch, "extra_damage": 0.7, "image_size": size})
     dataset = RestorationDataset(frame, size, train=True, extra_damage=0.7, flip=True, seed=0, uint8=uint8)
     model = create_model("unet", base_channels=8, depth=2)  # the loader reads its prefill (telea)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         memory = section([r for uint8 in (True, False)
                           for r in measure(root, args.size, args.workers, args.batch, args.epochs, uint8)], args, build_s)
         print(memory, flush=True)  # first: the cost part leaves decoded images and thread pools in this process
-        cost = cost_section(measure_cost(_train_frame(root), args.size, args.batch, args.cost_images, args.repeats),
+        cost = cost_section(measure_cost(train_frame_of(root), args.size, args.batch, args.cost_images, args.repeats),
                             args, min(args.cost_images, args.train) // args.batch * args.batch)
         print(cost)
     if args.write_docs:

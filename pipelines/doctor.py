@@ -11,7 +11,7 @@ one is reported as "not installed here", never a crash. Nothing is started or cr
 looked at if one is running, the MLflow store only read. (The --bench embedding rows start a throwaway local
 Ray on this node; so does the two-trial search, with a throwaway MLflow store in a temporary folder.)
 
---bench also measures the training code (imgrestore.gpu_bench, on a synthetic 512 px DACON-format set built in a
+--bench also measures the training code (imgrestore.benchmarking.gpu_training, on a synthetic 512 px DACON-format set built in a
 temporary folder): training images/s and peak GPU memory of every search_spaces/dacon.yaml model configuration in
 bf16 and fp32 (flagged over 24 GiB), the share of a step spent waiting for the DataLoader, one epoch's validation
 time (CPU metric as training runs it, and the torch metric on the device), and a two-trial search end to end.
@@ -226,17 +226,16 @@ PARTS = ("clustering", "embedding", "embedding-sweep", "metric", "training", "da
 
 
 def run_bench(quick: bool, only: list[str] | None = None) -> list[dict]:
-    from imgrestore import gpu_bench
+    from imgrestore.benchmarking import gpu, gpu_training as gt
 
-    t = gpu_bench.TRAINING_BENCHES  # (d)-(g): the training code
-    by_part = {"clustering": ("(a) clustering", gpu_bench.bench_clustering),
-               "embedding": ("(b) embedding", gpu_bench.bench_embedding),
-               "embedding-sweep": ("(b) embedding batch sweep", gpu_bench.bench_embedding_sweep),
-               "metric": ("(c) validation metric", gpu_bench.bench_metric),
-               "training": (gpu_bench.TRAIN_NAME, t[gpu_bench.TRAIN_NAME]),
-               "data-wait": (gpu_bench.DATA_WAIT_NAME, t[gpu_bench.DATA_WAIT_NAME]),
-               "validation": (gpu_bench.VALIDATION_NAME, t[gpu_bench.VALIDATION_NAME]),
-               "search": (gpu_bench.SEARCH_NAME, t[gpu_bench.SEARCH_NAME])}
+    by_part = {"clustering": ("(a) clustering", gpu.bench_clustering),
+               "embedding": ("(b) embedding", gpu.bench_embedding),
+               "embedding-sweep": ("(b) embedding batch sweep", gpu.bench_embedding_sweep),
+               "metric": ("(c) validation metric", gpu.bench_metric),
+               "training": (gt.TRAIN_NAME, gt.bench_training_throughput),
+               "data-wait": (gt.DATA_WAIT_NAME, gt.bench_data_wait),
+               "validation": (gt.VALIDATION_NAME, gt.bench_validation_epoch),
+               "search": (gt.SEARCH_NAME, gt.bench_two_trial_search)}
     assert set(by_part) == set(PARTS)
     benches = [by_part[part] for part in PARTS if not only or part in only]
     rows = []
@@ -246,7 +245,7 @@ def run_bench(quick: bool, only: list[str] | None = None) -> list[dict]:
         try:
             got = fn(quick)
         except Exception as e:  # a bench must never take the report down
-            got = [gpu_bench.row(title, gpu_bench.missing(e))]
+            got = [gpu.row(title, gpu.missing(e))]
         rows += got
         for r in got:  # as they come: a run stopped part-way still shows what it measured
             print(f"  | {r['name']} | {r['result']} | {r['note']} |", flush=True)

@@ -123,21 +123,21 @@ def test_missing_libraries_are_reported_not_fatal(tmp_path):
 
 
 def test_dacon_grid_covers_every_model_configuration():
-    from imgrestore import gpu_bench
+    from imgrestore.benchmarking import gpu_dacon
 
-    config, _ = gpu_bench.dacon_config()
-    grid = gpu_bench.model_grid(config)
+    config, _ = gpu_dacon.dacon_config()
+    grid = gpu_dacon.model_grid(config)
     model = config["model"]
     sizes = [len(v["choice"]) for v in model.values() if isinstance(v, dict) and "choice" in v]
     assert len(grid) == math.prod(sizes) and len({tuple(sorted(m.items())) for m in grid}) == len(grid)
     assert {m["name"] for m in grid} == set(FAMILIES)
     assert all(m["prefill"] == model["prefill"] for m in grid)
-    heavy = gpu_bench._heaviest(config)
+    heavy = gpu_dacon.heaviest(config)
     assert heavy["loss"]["ssim"] == config["loss"]["ssim"]["uniform"][1]
     assert heavy["loss"]["metric_m"] == max(config["loss"]["metric_m"]["choice"])
     assert heavy["cluster_balanced"] is False and heavy["batch_size"] == config["batch_size"]
-    quick = gpu_bench._one_per_family(grid)
-    assert [m["name"] for m in quick] == gpu_bench._families(grid)
+    quick = gpu_dacon.one_per_family(grid)
+    assert [m["name"] for m in quick] == gpu_dacon.families(grid)
     assert {m["chroma"] for m in quick} == {"regression", "classification"}
 
 

@@ -142,7 +142,7 @@ def train_step(net, gray, mask, rgb, cfg: dict, loss_fn, optimizer, scaler, sche
 
     The loss: the configured losses on the RGB output, the auxiliary L1 of the luma inside the hole, and for
     chroma classes their rebalanced cross-entropy. A non-finite loss fails now rather than after hours of NaN.
-    (The GPU benchmark in imgrestore.gpu_bench times exactly this function.)
+    (The GPU benchmark in imgrestore.benchmarking.gpu_training times exactly this function.)
     """
     with torch.autocast(**autocast):
         out = net(gray, mask, return_aux=True, filled=filled)
