@@ -251,9 +251,14 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
                     + (f"by the required margin {choice.required_margin:.4f} " if choice.required_margin else "")
                     + f"(best trial {'none' if polished is None else f'{polished.score:.4f}'})")
             # it trained on nothing: every fold can validate it, a better forecast for unseen photos than one fold
-            print(f"scoring the champion {label(choice.name, choice.decoding)} on every fold ...")
-            folds = classical_across_folds(choice, outcome.baselines, {**space.config, "data_dir": str(dataset.root)},
-                                           split_csv, parallel=ray.is_initialized())
+            try:
+                folds = classical_across_folds(choice, outcome.baselines,
+                                               {**space.config, "data_dir": str(dataset.root)}, split_csv,
+                                               parallel=ray.is_initialized())
+            except Exception as e:  # a forecast only: the search is complete, its champion and zip still stand
+                print(f"warning: the champion could not be scored on every fold ({type(e).__name__}: {e}); "
+                      "its forecast is fold 0's", file=sys.stderr)
+                folds = None
             if folds is not None:
                 what += f"; on every fold: {folds.text()}"
         description = f"validation score {choice.score:.4f}; {what}"

@@ -161,3 +161,38 @@ def test_a_classical_champion_is_scored_on_every_fold_with_a_prior_of_the_other_
     assert fitted == [] and plain.frame.iloc[1]["score"] == pytest.approx(direct[AS_IS]["score"], abs=1e-12)
     # a learned champion would need a training per fold
     assert classical_across_folds(pick_champion(2.0, "t1", table), table, config, split) is None
+
+
+def test_every_fold_counts_alike_and_no_fold_decodes_with_its_own_truths(tiny_dacon, tmp_path, monkeypatch):
+    """Three folds of unequal sizes and image caps (the search's fold at max_val_images, the others at
+    CV_IMAGES): each fold's prior is fitted on the two others, the forecast is the plain mean of the fold means,
+    and an older search's baselines (no `decoding` column) are matched as undecoded."""
+    import imgrestore.tuning.baselines as baselines_module
+
+    frame = pd.read_csv(tiny_dacon / "train.csv")
+    frame["cluster"] = np.arange(len(frame)) % 5
+    frame["fold"] = frame["cluster"] % 3  # folds of 12, 12 and 6 images
+    split3 = tmp_path / "train_preproc_1.csv"
+    frame.to_csv(split3, index=False)
+    fitted = []
+
+    def spy(train_frame, *args, **kw):
+        fitted.append(set(train_frame["fold"]))
+        return fit_prior(train_frame, *args, **kw)
+
+    monkeypatch.setattr(baselines_module, "fit_prior", spy)
+    monkeypatch.setattr(baselines_module, "CV_IMAGES", 3)
+    config = {"data_dir": str(tiny_dacon), "preproc_csv": str(split3), "val_fold": 0, "image_size": None,
+              "max_val_images": 8, "hue_prior": True}
+    measured = {"score": 0.9, "ssim": 0.8, "masked_ssim": 0.7, "hist_sim": 0.6}
+    decoded = pd.DataFrame([{"name": "telea", "decoding": HUE_PRIOR, **measured}])
+    folds = classical_across_folds(pick_champion(None, None, decoded), decoded, config, split3)
+    assert fitted == [{0, 2}, {0, 1}]
+    assert list(folds.frame["images"]) == [8, 3, 3]
+    assert folds.score == pytest.approx(folds.frame["score"].mean())  # not weighted by the 8 images of fold 0
+    assert folds.sem == pytest.approx(folds.frame["score"].std(ddof=1) / np.sqrt(3))
+
+    old = pd.DataFrame([{"name": "telea", **measured}])  # a search from before the decoding column
+    fitted.clear()
+    plain = classical_across_folds(pick_champion(None, None, old), old, config, split3)
+    assert fitted == [] and plain.frame.iloc[0]["score"] == 0.9  # its fold-0 row reused, nothing decoded

@@ -102,7 +102,8 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
     else:  # a classical restorer won: logged on the search's run, and scored on every fold too
         assert version.run_id == parent.info.run_id
         assert summary["champion_cv_score"] == pytest.approx(parent.data.metrics["champion_cv_score"])
-        assert "champion_folds.md" in parent_files and "on every fold" in out
+        assert "champion_folds.md" in parent_files and "the champion on every fold (" in out  # the summary's line
+        assert "on every fold: " in version.description
     assert float(version.tags["val_score"]) == pytest.approx(summary["champion_val_score"], abs=1e-6)
     assert "margin" in version.description or "no trial beat it" in version.description
     assert check_submission(workdir / "submission.zip", load_dataset(workdir / "data").test) == 6

@@ -28,7 +28,7 @@ DACON_YAML = Path(__file__).resolve().parents[3] / "search_spaces" / "dacon.yaml
 _DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "quniform", "qloguniform")  # as tuning.space
 QUICK = {"size": 64, "batch_size": 2, "warmup": 1, "steps": 1, "val_images": 2, "search_val_images": 4}
 FULL = {"warmup": 2, "steps": 5, "wait_steps": 20, "search_val_images": 16, "cpu_val_images": 24}
-ADVISED_GPU_NODE_CPUS = 8  # dacon.yaml / docs/cluster.md: give trials 6-8 CPUs on H100-class nodes
+ADVISED_GPU_NODE_CPUS = 8  # dacon.yaml / docs/cluster.md: `cpu: 8` per trial on H100-class nodes
 _SETS: dict = {}
 
 

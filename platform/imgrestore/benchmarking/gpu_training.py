@@ -2,7 +2,8 @@
 validation, search); see ``gpu`` for what every row is.
     bench_training_throughput   training images/s and peak GPU memory of every search_spaces/dacon.yaml model
                        configuration at 512 px, bf16 (the training autocast) and fp32, flagged over 24 GiB
-    bench_data_wait    the share of a training step blocked on the DataLoader (a dacon.yaml trial's workers, pinned)
+    bench_data_wait    the share of a training step blocked on the DataLoader (a dacon.yaml trial's workers, pinned;
+                       also with cpu 8's and the whole node's workers)
     bench_validation_epoch   one epoch's validation as training runs it (training.evaluate: the torch metric on
                        a GPU) against the CPU metric, and its share of a DACON-sized epoch
     bench_two_trial_search   preprocess + a two-trial Ray Tune search with MLflow on this node, wall time
@@ -128,7 +129,8 @@ def bench_training_throughput(quick: bool = False) -> list[dict]:
 def bench_data_wait(quick: bool = False) -> list[dict]:
     """(e) The share of a training step spent blocked on the DataLoader (next(iter)), with dacon.yaml's
     num_workers and pin_memory, for each family's cheapest configuration (the fastest step: the worst case;
-    --quick: the first family only)."""
+    --quick: the first family only); without --quick also with the workers of the advised `cpu: 8` and of a
+    trial given every core of this node, where those are more."""
     start = training_start(DATA_WAIT_NAME, quick)
     if isinstance(start, list):
         return start

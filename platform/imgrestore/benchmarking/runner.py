@@ -161,6 +161,8 @@ def search(cfg: BenchConfig, space, data_dir: Path):
 
 def champion(cfg: BenchConfig, space, outcome, split_csv, data_dir: Path) -> dict:
     """Exactly pipelines/tune.py's choice (imgrestore.tuning.polish.select_champion)."""
+    import ray
+
     from imgrestore.training.checkpoint import load_model, save_model
     from imgrestore.tuning.baselines import classical_across_folds
     from imgrestore.tuning.decoding import classical_champion
@@ -176,7 +178,7 @@ def champion(cfg: BenchConfig, space, outcome, split_csv, data_dir: Path) -> dic
         classical_dir = str(save_model(model, out / "classical"))
         # and, as tune.py does, scored on every fold: the forecast of the held-out score the gap is judged on
         folds = classical_across_folds(sel.choice, outcome.baselines, {**space.config, "data_dir": str(data_dir)},
-                                       split_csv)
+                                       split_csv, parallel=ray.is_initialized())
     else:
         classical_dir = None
     if sel.error:

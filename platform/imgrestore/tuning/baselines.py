@@ -147,12 +147,13 @@ class FoldScores:
 
     @property
     def score(self) -> float:
-        """The mean over all the images scored (every fold's)."""
-        return float(np.average(self.frame["score"], weights=self.frame["images"]))
+        """The mean of the fold means: every fold counts alike, however many of its images were scored (the
+        search's own fold may have been scored on more: its max_val_images, against CV_IMAGES for the others)."""
+        return float(self.frame["score"].mean())
 
     @property
     def sem(self) -> float:
-        """The standard error of that mean from the spread of the fold means (scenes differ more than images)."""
+        """The standard error of that mean, from the spread of the fold means (scenes differ more than images)."""
         k = len(self.frame)
         return float(self.frame["score"].std(ddof=1) / np.sqrt(k)) if k > 1 else float("nan")
 
@@ -171,7 +172,7 @@ def score_across_folds(name: str, decoding: str, config: dict, split_csv, known:
                        parallel: bool = False, progress: bool = False) -> FoldScores:
     """A classical restorer, at its `decoding`, scored on every fold of the split: each fold's first images
     (up to the search's max_val_images and CV_IMAGES) restored, and decoded with a hue prior fitted on the other
-    folds' truths, never its own.
+    folds' truths, never its own; the forecast is the mean of the fold means (`FoldScores`).
 
     Why: the search chooses on one validation fold (a few scenes), the only images every trial is scored on,
     and one fold's difficulty is not the held-out photos' (on the cpu.yaml benchmark the five folds score FSR +
@@ -208,6 +209,7 @@ def classical_across_folds(choice: ChampionChoice, baselines: pd.DataFrame, conf
     the search's baselines; None for a learned champion or a split of one fold."""
     if choice.kind != "classical" or pd.read_csv(split_csv, usecols=["fold"])["fold"].nunique() < 2:
         return None
+    print(f"scoring the champion {label(choice.name, choice.decoding)} on every fold ...", flush=True)
     same = baselines[(baselines["name"] == choice.name)
                      & (baselines.get("decoding", pd.Series(AS_IS, index=baselines.index)) == choice.decoding)]
     known = same.iloc[0].to_dict() if len(same) else None

@@ -97,9 +97,10 @@ def _restored(model, dataset, n: int, device, size: int = DECODE_CHUNK) -> Itera
 
 def score_restorations(chunks: Iterable[list[tuple]], prior: HuePrior | None, progress: bool = False,
                        parallel: bool = False, total: int | None = None) -> dict[str, dict]:
-    """{AS_IS: metrics, HUE_PRIOR: metrics} of chunks of (truth, restoration, mask) triples (uint8 RGB, uint8
-    RGB, bool), decoded here or in Ray tasks (`parallel`; at most two tasks per CPU in flight, so the images
-    waiting in Ray's object store stay few): see `score_decodings`. `total`: images, for the progress bar."""
+    """{AS_IS: metrics, HUE_PRIOR: metrics} ({AS_IS: metrics} without a prior) of chunks of (truth, restoration,
+    mask) triples (uint8 RGB, uint8 RGB, bool), decoded here or in Ray tasks (`parallel`; at most two tasks per
+    CPU in flight, so the images waiting in Ray's object store stay few): see `score_decodings`. `total`:
+    images, for the progress bar."""
     desc = ("hue-prior decoding" if prior is not None else "scoring") + (" (Ray tasks)" if parallel else "")
     with tqdm(total=total, desc=desc, unit="image", disable=not progress) as bar:
         scored = _in_tasks(chunks, prior, bar) if parallel else _here(chunks, prior, bar)
@@ -109,7 +110,7 @@ def score_restorations(chunks: Iterable[list[tuple]], prior: HuePrior | None, pr
     return {d: {k: float(np.mean([r[k] for r in rs])) for k in KEYS} for d, rs in rows.items()}
 
 
-def _here(chunks, prior: HuePrior, bar) -> list[tuple[dict, dict]]:
+def _here(chunks, prior: HuePrior | None, bar) -> list[tuple[dict, dict | None]]:
     scored = []
     for chunk in chunks:
         scored += _score_chunk(prior, chunk)
@@ -117,7 +118,7 @@ def _here(chunks, prior: HuePrior, bar) -> list[tuple[dict, dict]]:
     return scored
 
 
-def _in_tasks(chunks, prior: HuePrior, bar) -> list[tuple[dict, dict]]:
+def _in_tasks(chunks, prior: HuePrior | None, bar) -> list[tuple[dict, dict | None]]:
     import ray
 
     if not ray.is_initialized():
@@ -149,7 +150,7 @@ def _in_tasks(chunks, prior: HuePrior, bar) -> list[tuple[dict, dict]]:
         raise
 
 
-def _score_chunk_task(prior: HuePrior, items: list) -> list[tuple[dict, dict]]:
+def _score_chunk_task(prior: HuePrior | None, items: list) -> list[tuple[dict, dict | None]]:
     torch.set_num_threads(1)  # one task per CPU: torch's own threads would only compete
     return _score_chunk(prior, items)
 
