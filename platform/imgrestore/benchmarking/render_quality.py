@@ -99,13 +99,24 @@ def main_table(res) -> list[str]:
                "two-stage U-Net, L1 + MSE, no prefill, no gain calibration, validated on a shuffled KFold fold of "
                "images, on today's Restorer base (the known gray kept exactly). Champion: as `pipelines/tune.py` "
                f"picks it: the best trial's best checkpoint, its inference prefill chosen on validation among "
-               f"{candidates} (`polish_prefill`), kept only if no classical restorer scores higher on validation "
-               "(`pick_champion`). `train s`: a run's wall time as a 1-CPU Ray task (the trials' are in the "
-               "throughput section)."])
+               f"{candidates} (`polish_prefill`), kept only if it beats every classical restorer on validation by "
+               "the space's `learned_margin`, else the best classical restorer (`pick_champion`); \"best trial (lost "
+               "on validation)\": the best trial when it was not chosen. `train s`: a run's wall time as a 1-CPU "
+               "Ray task (the trials' are in the throughput section)."])
 
 
 def best_classical(q: dict) -> str:
     return max((n for n, r in q.items() if r["kind"] == "classical"), key=lambda n: test_score(q[n]))
+
+
+def _short_of(trial_score: float, choice) -> str:
+    """Why the best trial is not the champion: below the classical restorer, or above it by less than the margin."""
+    text = f"the best trial scored {fmt(trial_score, 4)} on validation after polish, "
+    diff = trial_score - choice.score
+    if diff > 0:
+        return text + (f"{diff:+.4f} over it, less than the required margin "
+                       f"(learned_margin {getattr(choice, 'required_margin', 0.0):.4f}).")
+    return text + "below it."
 
 
 def champion_lines(res) -> list[str]:
@@ -121,8 +132,8 @@ def champion_lines(res) -> list[str]:
     else:
         out.append(f"- chosen: the classical restorer `{label(choice.name, choice.decoding)}`. A learned family "
                    "won: no - "
-                   + (f"the best trial scored {fmt(trial['score'], 4)} on validation after polish, below it."
-                      if trial else f"no trial left a checkpoint ({champ.get('error')})."))
+                   + (_short_of(trial["score"], choice) if trial
+                      else f"no trial left a checkpoint ({champ.get('error')})."))
     if trial:
         out.append(f"- the best trial's config: `{'; '.join(flat_config(trial['config']))}`")
         out.append(f"- validation: polish scored {', '.join(f'{k} {v:.4f}' for k, v in trial['scores'].items())} "
@@ -139,8 +150,9 @@ def champion_lines(res) -> list[str]:
                f"classical restorer on the test set, `{short(bc)}`, {fmt(test_score(q[bc]), 4)}: {versus}.")
     folds = champ.get("folds")
     if folds is not None:  # a classical champion: every fold can validate it
-        out.append(f"- the champion on every fold of the training set (each decoded with a prior of the other "
-                   f"folds): {folds.text()}; every-fold − test {folds.score - test_score(c):+.4f}.")
+        out.append(f"- the champion on every fold of the training set (a fold's hue prior fitted on the other "
+                   f"folds; the mean of the fold means): {folds.text()}; every-fold − test "
+                   f"{folds.score - test_score(c):+.4f}.")
     if BEST_TRIAL in q:
         out.append(f"- the best trial (polished) on the test set: {fmt(test_score(q[BEST_TRIAL]), 4)}; best trial − "
                    f"`{short(bc)}` {paired_text(q[BEST_TRIAL], q[bc])}.")
