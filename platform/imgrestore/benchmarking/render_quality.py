@@ -112,10 +112,9 @@ def best_classical(q: dict) -> str:
 def _short_of(trial_score: float, choice) -> str:
     """Why the best trial is not the champion: below the classical restorer, or above it by less than the margin."""
     text = f"the best trial scored {fmt(trial_score, 4)} on validation after polish, "
-    diff = trial_score - choice.score
-    if diff > 0:
-        return text + (f"{diff:+.4f} over it, less than the required margin "
-                       f"(learned_margin {getattr(choice, 'required_margin', 0.0):.4f}).")
+    if choice.trial_short_of_margin:
+        return text + (f"{trial_score - choice.score:+.4f} over it, less than the required margin "
+                       f"(learned_margin {choice.required_margin:.4f}).")
     return text + "below it."
 
 

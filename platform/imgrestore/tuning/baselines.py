@@ -113,6 +113,11 @@ class ChampionChoice:
         """The champion's validation score minus the best classical restorer's (0 when it is that restorer)."""
         return self.score - self.best_classical_score
 
+    @property
+    def trial_short_of_margin(self) -> bool:
+        """A classical champion whose best trial scored higher on validation, by less than the required margin."""
+        return self.kind == "classical" and self.trial_score is not None and self.trial_score > self.score
+
 
 def pick_champion(trial_score: float | None, trial_id: str | None, baselines: pd.DataFrame,
                   trial_decoding: str = AS_IS, min_margin: float = 0.0) -> ChampionChoice:

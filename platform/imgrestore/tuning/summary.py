@@ -52,10 +52,10 @@ def champion_text(choice, baselines, model_uri: str, version: str, alias, zip_pa
         lines.append(f"  {label('trial ' + choice.name, choice.decoding):<28} {choice.score:.4f}   <- champion: "
                      f"{choice.margin:+.4f} over the best classical restorer ({choice.best_classical})")
     else:
-        close = choice.trial_score is not None and choice.trial_score > choice.score
         lines.append(f"  champion: the classical restorer {label(choice.name, choice.decoding)} - NO learned model "
                      + (f"beat it by the required {choice.required_margin:.4f} on validation (the best trial: "
-                        f"{choice.trial_score:.4f}, {choice.trial_score - choice.score:+.4f})" if close else
+                        f"{choice.trial_score:.4f}, {choice.trial_score - choice.score:+.4f})"
+                        if choice.trial_short_of_margin else
                         "beat it on validation (more data, epochs or another space needed)"))
     if folds is not None:
         lines.append(f"  the champion on every fold (a fold's hue prior is fitted on the others): {folds.text()}"
