@@ -94,6 +94,21 @@ def test_ablations_switch_off_one_ingredient_each():
     assert [k.split(" ")[0] for k in ablation_configs(plain)] == ["(b)"]
 
 
+def test_ablations_of_a_luma_only_recipe():
+    """chroma: none (colour from the hue prior): (b) asks whether learned colour would have done better, the
+    metric-M loss has its row, and there is no gain to calibrate."""
+    from imgrestore.benchmarking.quality import ablation_configs
+
+    config = {"model": {"name": "effnet_unet", "freeze_encoder": True, "chroma": "none", "prefill": "fsr"},
+              "loss": {"l1": 1.0, "metric_m": 0.5}}
+    out = ablation_configs(config)
+    assert [k.split(" ")[0] for k in out] == ["(a)", "(b)", "(d)", "(g)"]
+    changed = {k.split(" ")[0]: cfg for k, (_, cfg) in out.items()}
+    assert changed["(b)"]["model"]["chroma"] == "regression" and changed["(b)"]["loss"]["hue_hist"] == 1.0
+    assert changed["(g)"]["loss"] == {"l1": 1.0, "metric_m": 0.0}
+    assert config["model"]["chroma"] == "none" and "hue_hist" not in config["loss"]  # the input is left alone
+
+
 def test_quick_space_fits_64_px(tmp_path):
     from imgrestore.benchmarking.runner import BenchConfig, bench_space
     from imgrestore.tuning.space import load_space
@@ -148,7 +163,7 @@ def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
         assert "the champion on every fold of the training set" in champion and "every-fold − test " in champion
     ablations = tables_under(text, "### Ablations")[0]
     labels = [r["ablation"].split(" ")[0] for r in ablations]
-    assert labels == ["polish:", "(f)", "(a)", "(b)", "(c)", "(d)", "(e)"]  # cpu.yaml's recipe uses every one
+    assert labels == ["polish:", "(f)", "(a)", "(b)", "(d)", "(g)"]  # cpu.yaml's recipe: luma only, metric-M loss
     assert ablations[1]["Δ test vs (f)"] == "reference"
     for row in ablations:
         assert math.isfinite(number(row["test score"])) and math.isfinite(number(row["val score"]))

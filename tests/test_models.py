@@ -22,7 +22,7 @@ from imgrestore.submission.predict import restore
 
 torch.set_num_threads(2)
 
-# Tiny configurations of the learned families, in both chroma modes.
+# Tiny configurations of the learned families, in every chroma mode (none: the hole's luma only, as the CPU spaces).
 LEARNED = {
     "unet": dict(base_channels=4, depth=2),
     "unet-cls": dict(base_channels=4, depth=3, norm="group", chroma="classification", chroma_bins=6),
@@ -32,6 +32,8 @@ LEARNED = {
     "effnet_unet": dict(base_channels=4, depth=5, pretrained=False, max_channels=16),
     "effnet_unet-cls": dict(base_channels=4, depth=4, pretrained=False, max_channels=16, chroma="classification",
                             net_size=48, prefill="ns"),
+    "effnet_unet-luma": dict(base_channels=4, depth=4, pretrained=False, max_channels=16, chroma="none",
+                             net_size=48, prefill="fsr"),
 }
 CLASSICAL = {"input_copy": None, "telea": cv2.INPAINT_TELEA, "navier_stokes": cv2.INPAINT_NS, "fsr": None}
 
@@ -114,8 +116,11 @@ def test_known_gray_is_exact_and_untrained_model_returns_its_prefill(key):
         out = restore(model, g, m)
         luma = np.asarray(Image.fromarray(out).convert("L"))
         np.testing.assert_array_equal(luma[~m], g[~m])
-        if is_trainable(model):
+        if is_trainable(model) and model.chroma_mode != "none":
             assert np.abs(out[..., 0].astype(int) - out[..., 2]).mean() > 1  # it does colour
+        elif is_trainable(model):  # luma only: a gray image whose hole is the model's, not the prefill's
+            assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+            assert np.abs(out[..., 0][m].astype(int) - untrained[..., 0][m]).mean() > 1
 
 
 @pytest.mark.parametrize("name,flag", [(n, f) for n, f in CLASSICAL.items() if f is not None])

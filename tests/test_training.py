@@ -115,7 +115,8 @@ def test_unknown_config_key_is_an_error(tiny_dacon, preproc_csv):
         train({**config(tiny_dacon, preproc_csv), "lerning_rate": 1}, lambda m, c: None)
 
 
-def _learning_run(tiny_dacon, tmp_path, monkeypatch, no_op: bool, epochs: int) -> tuple[float, float]:
+def _learning_run(tiny_dacon, tmp_path, monkeypatch, no_op: bool, epochs: int, model: dict | None = None,
+                  loss: dict | None = None, key: str = "score") -> tuple[float, float]:
     """Train a tiny model on 6 images and score it on those same images: (score after, untrained score).
 
     The untrained model returns its Telea prefill as a gray image (zero-initialised heads): already better
@@ -128,19 +129,19 @@ def _learning_run(tiny_dacon, tmp_path, monkeypatch, no_op: bool, epochs: int) -
     frame = pd.concat([train_csv.assign(fold=0), train_csv.assign(fold=1)])  # validate on the training images
     csv = tmp_path / f"own-{no_op}.csv"
     frame.assign(cluster=0).to_csv(csv, index=False)
-    model = {"name": "unet", "base_channels": 8, "depth": 2}
+    model = model or {"name": "unet", "base_channels": 8, "depth": 2}
     _, val = read_split(str(tiny_dacon), str(csv), 0)
     untrained, _ = evaluate(create_model(**model), RestorationDataset(val), "cpu", 6, 0, calibrate=False)
     if no_op:
         monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, closure=None: None)
     cfg = {"data_dir": str(tiny_dacon), "preproc_csv": str(csv), "val_fold": 0, "image_size": None, "model": model,
-           "loss": {"l1": 1.0}, "batch_size": 6, "epochs": epochs, "lr": 1e-2, "warmup_frac": 0.0,
+           "loss": loss or {"l1": 1.0}, "batch_size": 6, "epochs": epochs, "lr": 1e-2, "warmup_frac": 0.0,
            "weight_decay": 0.0, "grad_clip": 0.0, "max_val_images": 6, "extra_damage": 0.0, "flip": False,
            "calibrate_gain": False, "n_samples_grid": 0}
     seen = []
     torch.manual_seed(0)
     train(cfg, lambda metrics, ckpt: seen.append(metrics))
-    return seen[-1]["score"], untrained["score"]
+    return seen[-1][key], untrained[key]
 
 
 def learned(after: float, untrained: float) -> bool:
@@ -156,6 +157,18 @@ def test_training_learns_and_a_no_op_optimizer_fails_the_test(tiny_dacon, tmp_pa
     after, untrained = _learning_run(tiny_dacon, tmp_path, monkeypatch, no_op=True, epochs=8)
     assert not learned(after, untrained), (after, untrained)
     assert abs(after - untrained) < 1e-9  # nothing learnt: exactly the untrained model's score
+
+
+def test_a_luma_only_model_learns_the_hole_and_a_no_op_optimizer_fails_the_test(tiny_dacon, tmp_path,
+                                                                                monkeypatch):
+    """The CPU spaces' recipe (chroma: none, the metric's M as the loss): its only way to score higher is the
+    lost region's gray, so the check is on M; an optimizer that never steps must fail it."""
+    model = {"name": "unet", "base_channels": 8, "depth": 2, "chroma": "none"}
+    loss = {"l1": 1.0, "metric_m": 1.0}
+    after, untrained = _learning_run(tiny_dacon, tmp_path, monkeypatch, False, 60, model, loss, "masked_ssim")
+    assert after > untrained + 0.05, (after, untrained)
+    after, untrained = _learning_run(tiny_dacon, tmp_path, monkeypatch, True, 8, model, loss, "masked_ssim")
+    assert abs(after - untrained) < 1e-9
 
 
 def test_classical_model_is_evaluated_once(tiny_dacon, preproc_csv):

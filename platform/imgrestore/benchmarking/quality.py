@@ -166,7 +166,8 @@ def photo_overlap(split_csv: Path, sources_csv: Path, val_fold: int = 0) -> floa
 def ablation_configs(config: dict) -> dict[str, tuple[str, dict]]:
     """label -> (what changed, config) for every ingredient the config actually uses; an ingredient it does
     not use (already push-pull, no hue-histogram loss, ...) has no row. The FSR polish (f) needs no training:
-    it is the trial's own checkpoint, see runner.champion."""
+    it is the trial's own checkpoint, see runner.champion. A config that learns no colour (``chroma: none``,
+    the hue prior colours it) gets "learned colour" as its (b) instead: is leaving colour to the prior right?"""
     out = {}
     model, loss = config.get("model", {}), config.get("loss", {})
 
@@ -190,6 +191,10 @@ def ablation_configs(config: dict) -> dict[str, tuple[str, dict]]:
         out[f"(b) chroma by {other} instead of {chroma}"] = (
             f"model.chroma: {other}, chroma_rebalance: 0.0",
             variant(**{"model.chroma": other, "chroma_rebalance": 0.0}))
+    else:  # the recipe that did best before chroma: none (docs/benchmarks.md, "Ablations" of 2026-11-27)
+        out["(b) learned colour instead of none"] = (
+            "model.chroma: regression, loss.hue_hist: 1.0, chroma_rebalance: 0.0",
+            variant(**{"model.chroma": "regression", "loss.hue_hist": 1.0, "chroma_rebalance": 0.0}))
     if loss.get("hue_hist", 0):
         out["(c) no hue-histogram loss"] = (f"loss.hue_hist: {loss['hue_hist']} -> 0",
                                             variant(**{"loss.hue_hist": 0.0}))
@@ -197,8 +202,10 @@ def ablation_configs(config: dict) -> dict[str, tuple[str, dict]]:
         out["(d) encoder random-init and trained"] = ("model.pretrained: false, model.freeze_encoder: false",
                                                       variant(**{"model.pretrained": False,
                                                                  "model.freeze_encoder": False}))
-    if config.get("calibrate_gain", True):
+    if config.get("calibrate_gain", True) and chroma != "none":  # no colour, nothing to calibrate
         out["(e) no gain calibration"] = ("calibrate_gain: false", variant(calibrate_gain=False))
+    if loss.get("metric_m", 0):
+        out["(g) no metric-M loss"] = (f"loss.metric_m: {loss['metric_m']} -> 0", variant(**{"loss.metric_m": 0.0}))
     return out
 
 

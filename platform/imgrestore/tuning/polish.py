@@ -2,12 +2,12 @@
 classical restorer beats it on the same validation images. One function, for pipelines/tune.py and the
 benchmark alike.
 
-Why the prefill is chosen after the search: trials fill the hole with Telea (a few ms an image: it runs at
-every training step). OpenCV's FSR fills it better (docs/benchmarks.md, "Restoration quality") but costs
-~0.3 s per 256 px image, too slow for training. The learned luma residual is small, so the trained model may
-do better at inference with the FSR fill under it: both are scored on the search's validation images and the
-better one is kept (a measurement, not an assumption: the residual was learnt on Telea fills). The chroma
-gain and hole factor are calibrated again for each.
+Why the prefill is chosen after the search: trials that fill the hole with Telea (a few ms an image: it runs
+at every training step) may do better at inference with OpenCV's FSR fill under them, which is better
+(docs/benchmarks.md, "Restoration quality") but costs ~0.25 s per 256 px image. The trial's own prefill and
+each candidate are scored on the search's validation images and the best is kept (a measurement, not an
+assumption: a residual learnt on Telea fills; a trial trained on FSR fills, as the CPU spaces' are, usually
+keeps them). The chroma gain and hole factor are calibrated again for each.
 
 With ``hue_prior`` on (``imgrestore.tuning.decoding``), the chosen model is then scored on the same validation
 images with hue-prior decoding too (the prior fitted on the training fold's truths), and keeps it only if it
