@@ -92,6 +92,10 @@ def main(argv=None) -> int:
              "on validation", f"{result['champion_val_score']:.4f}, {result['margin_over_classical']:+.4f}"),
             ("champion: held-out test score, validation − test", f"{champ_test:.4f}, "
              f"{result['champion_val_score'] - champ_test:+.4f}")]
+    if "trial_advantage" in result:  # the paired test the choice made (tuning.baselines.pick_champion)
+        rows.insert(4, ("best trial − best classical restorer on validation, per image: mean ± clustered s.e. "
+                        "(the champion's paired test: learned_sem of them must be cleared)",
+                        f"{result['trial_advantage']:+.4f} ± {result['trial_advantage_sem']:.4f}"))
     if "champion_cv_score" in result:  # a classical champion, scored on every fold too
         rows.append(("classical champion on every fold: score ± s.e., every-fold − test",
                      f"{result['champion_cv_score']:.4f} ± {result['champion_cv_sem']:.4f}, "

@@ -5,8 +5,8 @@
     python pipelines/tune.py --resume latest                   # continue the last interrupted search
 
 Every search also scores the classical restorers (input copy, OpenCV Telea / Navier-Stokes, FSR) on the
-trials' validation images; the champion is the best trial unless one of them scores higher, and the summary
-states its margin. Bad input: `error: <message>` on stderr, exit status 2. Ctrl-C during the search: exit
+trials' validation images; the champion is the best trial only if it beats the best of them image by image
+(its per-image advantage clear of the space's `learned_sem` standard errors), and the summary states the margin. Bad input: `error: <message>` on stderr, exit status 2. Ctrl-C during the search: exit
 status 130, nothing registered or written, and the command that resumes the search (after the search: 130,
 no zip written, and what may already be registered).
 
@@ -241,15 +241,16 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
             ckpt_dir = sel.checkpoint
             what = (f"{best.config['model']['name']} from trial {choice.name}, epoch {best_epoch.get('epoch')}, "
                     f"prefill {label(polished.prefill, polished.decoding)}; margin over the best classical restorer "
-                    f"({choice.best_classical}): {choice.margin:+.4f}")
+                    f"({choice.best_classical}): {choice.margin:+.4f}"
+                    + (f", per image {choice.advantage.text()}" if choice.advantage else ""))
             folds = None
         else:
             run_id = outcome.parent_run_id
             restorer = classical_champion(choice.name, choice.decoding, dataset.root, split_csv, val["val_fold"])
             ckpt_dir = save_model(restorer, Path(tmp) / choice.name)
-            what = (f"classical restorer {label(choice.name, choice.decoding)}: no trial beat it on validation "
-                    + (f"by the required margin {choice.required_margin:.4f} " if choice.required_margin else "")
-                    + f"(best trial {'none' if polished is None else f'{polished.score:.4f}'})")
+            what = (f"classical restorer {label(choice.name, choice.decoding)}: no trial could {choice.rule()} on "
+                    f"validation (best trial {'none' if polished is None else f'{polished.score:.4f}'}"
+                    + (f", per image {choice.advantage.text()}" if choice.advantage else "") + ")")
             # it trained on nothing: every fold can validate it, a better forecast for unseen photos than one fold
             try:
                 folds = classical_across_folds(choice, outcome.baselines,
@@ -274,7 +275,10 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
     client.log_artifact(outcome.parent_run_id, str(zip_path))
     best_metrics = {f"best_{k}": float(best_epoch[k]) for k in SCORE_KEYS if k in best_epoch}
     cv = {} if folds is None else {"champion_cv_score": folds.score, "champion_cv_sem": folds.sem}
-    for k, v in {**best_metrics, "champion_val_score": choice.score, "champion_margin": choice.margin, **cv}.items():
+    paired = {} if choice.advantage is None else {"trial_advantage": choice.advantage.mean,
+                                                  "trial_advantage_sem": choice.advantage.sem}
+    for k, v in {**best_metrics, "champion_val_score": choice.score, "champion_margin": choice.margin, **cv,
+                 **paired}.items():
         client.log_metric(outcome.parent_run_id, k, v)
     if folds is not None:
         client.log_text(outcome.parent_run_id, folds.markdown(), "champion_folds.md")
@@ -286,7 +290,8 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
     print(champion_text(choice, outcome.baselines, model_uri, version, alias, zip_path.resolve(), folds))
     print(json.dumps({"submission": str(zip_path.resolve()), "champion": model_uri, "version": version,
                       "champion_kind": choice.kind, "champion_val_score": choice.score,
-                      "margin_over_classical": choice.margin, "alias_moved": alias.moved, **cv, **best_metrics}))
+                      "margin_over_classical": choice.margin, "alias_moved": alias.moved, **cv, **paired,
+                      **best_metrics}))
     return 0
 
 

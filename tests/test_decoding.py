@@ -94,7 +94,8 @@ def test_champion_is_chosen_between_equally_decoded_restorers():
 
 
 def test_a_trial_must_beat_the_classical_restorer_by_the_required_margin():
-    """learned_margin: a close call goes to the restorer that learned nothing, and the summary says why."""
+    """learned_margin on the means (no per-image scores, learned_sem 0): a close call goes to the restorer that
+    learned nothing, and the summary says why."""
     from types import SimpleNamespace
 
     from imgrestore.tuning.summary import champion_text
@@ -103,15 +104,112 @@ def test_a_trial_must_beat_the_classical_restorer_by_the_required_margin():
                                "masked_ssim": 0.55, "hist_sim": 0.33}])
     close = pick_champion(0.533, "t1", baselines, HUE_PRIOR, min_margin=0.005)
     assert (close.kind, close.name, close.score, close.margin) == ("classical", "fsr", 0.53, 0)
-    assert close.trial_score == 0.533 and close.required_margin == 0.005
+    assert close.trial_score == 0.533 and close.required_margin == 0.005 and close.advantage is None
     alias = SimpleNamespace(reason="first", moved=True, champion_version="1")
     text = champion_text(close, baselines, "models:/m@champion", "1", alias, "sub.zip")
-    assert "required 0.0050" in text and "+0.0030" in text
+    assert "beat it by the margin 0.0050" in text and "+0.0030" in text
     clear = pick_champion(0.536, "t1", baselines, HUE_PRIOR, min_margin=0.005)
     assert clear.kind == "trial" and clear.margin == pytest.approx(0.006)
     assert pick_champion(0.53, "t1", baselines, HUE_PRIOR).kind == "trial"  # no margin: a tie goes to the trial
     with pytest.raises(ValueError, match="learned_margin"):
         pick_champion(0.6, "t1", baselines, HUE_PRIOR, min_margin=-0.1)
+    with pytest.raises(ValueError, match="learned_sem"):
+        pick_champion(0.6, "t1", baselines, HUE_PRIOR, min_sems=-1)
+    with pytest.raises(ValueError, match="per-image validation scores"):  # a paired test needs them
+        pick_champion(0.6, "t1", baselines, HUE_PRIOR, min_sems=2)
+
+
+def test_the_paired_test_accepts_a_steady_gain_and_refuses_the_same_mean_in_noise():
+    """The same mean advantage (+0.004 on 80 images): a luma-like trial, better on nearly every image by a little,
+    clears 2 standard errors; a colour-like trial, far better on some images and far worse on others, does not.
+    A fixed margin cannot tell them apart."""
+    from types import SimpleNamespace
+
+    from imgrestore.tuning.baselines import PairedAdvantage
+    from imgrestore.tuning.summary import champion_text
+
+    rng = np.random.default_rng(0)
+    classical = rng.uniform(0.4, 0.6, 80)
+    baselines = pd.DataFrame([{"name": "fsr", "decoding": HUE_PRIOR, "score": classical.mean(), "ssim": 0.9,
+                               "masked_ssim": 0.55, "hist_sim": 0.33, "image_scores": tuple(classical)},
+                              {"name": "telea", "decoding": AS_IS, "score": 0.42, "ssim": 0.9,
+                               "masked_ssim": 0.5, "hist_sim": 0.1, "image_scores": tuple(classical - 0.1)}])
+    noise = rng.normal(0, 1, 80)
+    steady = classical + 0.004 + 0.002 * (noise - noise.mean()) / noise.std()
+    noisy = classical + 0.004 + 0.03 * (noise - noise.mean()) / noise.std()
+    won = pick_champion(steady.mean(), "t1", baselines, HUE_PRIOR, trial_images=steady, min_sems=2)
+    lost = pick_champion(noisy.mean(), "t2", baselines, HUE_PRIOR, trial_images=noisy, min_sems=2)
+    assert won.kind == "trial" and lost.kind == "classical" and lost.name == "fsr"
+    assert won.advantage.mean == pytest.approx(0.004) and lost.advantage.mean == pytest.approx(0.004)
+    assert won.advantage.sem == pytest.approx(0.002 / np.sqrt(80), rel=0.02)
+    assert lost.advantage.sem == pytest.approx(0.03 / np.sqrt(80), rel=0.02)
+    assert won.advantage.higher > 70 and won.advantage.images == 80
+    # without the paired test (learned_sem 0) both means clear a zero margin; a fixed 0.005 refuses both
+    assert pick_champion(noisy.mean(), "t2", baselines, HUE_PRIOR, trial_images=noisy).kind == "trial"
+    assert pick_champion(steady.mean(), "t1", baselines, HUE_PRIOR, trial_images=steady,
+                         min_margin=0.005).kind == "classical"
+    alias = SimpleNamespace(reason="first", moved=True, champion_version="1")
+    text = champion_text(lost, baselines, "models:/m@champion", "1", alias, "sub.zip")
+    assert "could beat it by 2 standard errors" in text and f"per image {lost.advantage.text()}" in text
+    assert "+0.0040 ± 0.0034 (higher on" in text
+    assert "per image +0.0040" in champion_text(won, baselines, "models:/m@champion", "1", alias, "sub.zip")
+    with pytest.raises(ValueError, match="same validation images"):
+        pick_champion(0.6, "t1", baselines, HUE_PRIOR, trial_images=steady[:70], min_sems=2)
+    no_images = baselines.drop(columns="image_scores")
+    with pytest.raises(ValueError, match="no per-image scores for fsr \\+ hue prior"):
+        pick_champion(0.6, "t1", no_images, HUE_PRIOR, trial_images=steady, min_sems=2)
+    assert PairedAdvantage.of([0.5], [0.4]).sem == float("inf")  # one image: no test can pass on it
+
+
+def test_a_gain_from_one_scene_does_not_pass_the_paired_test():
+    """The standard error is clustered by scene: +0.04 on one of 8 clusters and nothing elsewhere is +0.005 on
+    average and 'significant' image by image, but it is one scene's luck (a colour model's hues suit a scene or
+    do not), and the clustered test refuses it; the same gain spread over every scene passes."""
+    from imgrestore.tuning.baselines import PairedAdvantage
+
+    rng = np.random.default_rng(1)
+    classical = rng.uniform(0.4, 0.6, 80)
+    clusters = np.repeat(np.arange(8), 10)
+    jitter = rng.normal(0, 0.001, 80)
+    one_scene = classical + np.where(clusters == 0, 0.04, 0.0) + jitter
+    everywhere = classical + 0.005 + jitter
+    baselines = pd.DataFrame([{"name": "fsr", "decoding": HUE_PRIOR, "score": classical.mean(),
+                               "image_scores": " ".join(repr(float(v)) for v in classical)}])  # as in baselines.csv
+    by_image = PairedAdvantage.of(one_scene, classical)
+    by_scene = PairedAdvantage.of(one_scene, classical, clusters)
+    assert by_image.mean == by_scene.mean and by_image.mean / by_image.sem > 3  # "significant" per image
+    assert by_scene.sem == pytest.approx(0.005, rel=0.05) and by_scene.clusters == 8
+    assert pick_champion(one_scene.mean(), "t1", baselines, HUE_PRIOR, trial_images=one_scene, min_sems=2,
+                         groups=clusters).kind == "classical"
+    assert pick_champion(everywhere.mean(), "t2", baselines, HUE_PRIOR, trial_images=everywhere, min_sems=2,
+                         groups=clusters).kind == "trial"
+    noise = PairedAdvantage.of(one_scene, classical, np.where(clusters == 0, 0, -1))  # -1: each image alone
+    assert noise.clusters == 1 + 70
+    with pytest.raises(ValueError, match="cluster labels"):
+        PairedAdvantage.of(one_scene, classical, clusters[:10])
+
+
+def test_baselines_keep_every_images_score_through_their_csv(tiny_dacon, split, ray_local):
+    """evaluate_baselines: each row's image_scores are its images' scores (their mean is the row's score), the
+    same images in the same order for every restorer; baselines.csv (a resumed search reads it) keeps them."""
+    import io
+
+    from imgrestore.tuning.baselines import baselines_csv, evaluate_baselines, image_scores
+
+    config = {"data_dir": str(tiny_dacon), "preproc_csv": str(split), "val_fold": 0, "image_size": None,
+              "max_val_images": 5, "hue_prior": True}
+    frame = evaluate_baselines(config, families=("telea", "input_copy"))
+    assert len(frame) == 4 and set(frame["decoding"]) == {AS_IS, HUE_PRIOR}
+    for row in frame.itertuples():
+        scores = image_scores(row.image_scores)
+        assert len(scores) == 5 and scores.mean() == pytest.approx(row.score, abs=1e-12)
+    again = pd.read_csv(io.StringIO(baselines_csv(frame)))
+    for a, b in zip(frame["image_scores"], again["image_scores"]):
+        assert np.array_equal(image_scores(a), image_scores(b))  # repr: every digit kept
+    telea = frame[(frame["name"] == "telea") & (frame["decoding"] == AS_IS)].iloc[0]
+    train, val = read_split(str(tiny_dacon), str(split), 0)
+    direct = score_decodings(create_model("telea").eval(), RestorationDataset(val, None), 5, None)
+    assert image_scores(telea.image_scores).tolist() == list(direct[AS_IS]["image_scores"])
 
 
 def test_a_trial_not_offered_the_decoding_is_compared_with_undecoded_baselines():

@@ -34,6 +34,8 @@ def test_shipped_spaces_load_and_pass_the_driver_checks(name):
     ({"learned_margin": {"uniform": [0.0, 0.01]}}, "learned_margin must be a constant number >= 0"),
     ({"learned_margin": -0.01}, "learned_margin must be a constant number >= 0"),
     ({"learned_margin": float("inf")}, "learned_margin must be a constant number >= 0"),
+    ({"learned_sem": {"choice": [1, 2]}}, "learned_sem must be a constant number >= 0"),
+    ({"learned_sem": -1}, "learned_sem must be a constant number >= 0"),
 ])
 def test_space_errors_are_caught_on_the_driver(edit, message):
     space = load_space(SPACES / "demo.yaml")

@@ -105,7 +105,10 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
         assert "champion_folds.md" in parent_files and "the champion on every fold (" in out  # the summary's line
         assert "on every fold: " in version.description
     assert float(version.tags["val_score"]) == pytest.approx(summary["champion_val_score"], abs=1e-6)
-    assert "margin" in version.description or "no trial beat it" in version.description
+    assert "margin" in version.description or "no trial could beat it" in version.description
+    # the best trial against the best classical restorer, image by image (the paired test), logged and printed
+    assert summary["trial_advantage"] == pytest.approx(parent.data.metrics["trial_advantage"])
+    assert parent.data.metrics["trial_advantage_sem"] > 0
     assert check_submission(workdir / "submission.zip", load_dataset(workdir / "data").test) == 6
     assert zip_writer(workdir / "submission.zip")  # the zip says which run wrote it: a rerun may replace it
     (exp_dir,) = (workdir / "runs").iterdir()

@@ -99,8 +99,9 @@ def main_table(res) -> list[str]:
                "two-stage U-Net, L1 + MSE, no prefill, no gain calibration, validated on a shuffled KFold fold of "
                "images, on today's Restorer base (the known gray kept exactly). Champion: as `pipelines/tune.py` "
                f"picks it: the best trial's best checkpoint, its inference prefill chosen on validation among "
-               f"{candidates} (`polish_prefill`), kept only if it beats every classical restorer on validation by "
-               "the space's `learned_margin`, else the best classical restorer (`pick_champion`); \"best trial (lost "
+               f"{candidates} (`polish_prefill`), kept only if its per-image advantage over the best classical restorer "
+               "on validation clears the space's `learned_sem` standard errors (and `learned_margin`), else the best "
+               "classical restorer (`pick_champion`); \"best trial (lost "
                "on validation)\": the best trial when it was not chosen. `train s`: a run's wall time as a 1-CPU "
                "Ray task (the trials' are in the throughput section)."])
 
@@ -113,8 +114,9 @@ def _short_of(trial_score: float, choice) -> str:
     """Why the best trial is not the champion: below the classical restorer, or above it by less than the margin."""
     text = f"the best trial scored {fmt(trial_score, 4)} on validation after polish, "
     if choice.trial_short_of_margin:
-        return text + (f"{trial_score - choice.score:+.4f} over it, less than the required margin "
-                       f"(learned_margin {choice.required_margin:.4f}).")
+        return text + (f"{trial_score - choice.score:+.4f} over it"
+                       + (f" (per image {choice.advantage.text()})" if choice.advantage else "")
+                       + f", too little: a trial must {choice.rule()} (learned_sem, learned_margin).")
     return text + "below it."
 
 
@@ -139,7 +141,8 @@ def champion_lines(res) -> list[str]:
                    f"and kept {label(trial['prefill'], trial.get('decoding'))}; the best classical restorer on "
                    "the same images, "
                    f"`{choice.best_classical}`, {fmt(choice.best_classical_score, 4)}: margin (best trial − it) "
-                   f"{trial['score'] - choice.best_classical_score:+.4f}.")
+                   f"{trial['score'] - choice.best_classical_score:+.4f}"
+                   + (f", per image {choice.advantage.text()}" if choice.advantage else "") + ".")
     f = c["frame"]
     same = not won and label(choice.name, choice.decoding) == q[bc]["family"]
     versus = (f"champion − it {paired_text(c, q[bc])}" if not same

@@ -9,8 +9,10 @@ described and tagged with its validation score and the fingerprint of its valida
 The alias moves only to a better model (within the margin below): a new version whose validation
 fingerprint equals the current champion's and whose score is lower is registered but not aliased; on another
 validation the two scores are not comparable, and the alias moves with that said (`AliasDecision.reason`).
-Between a learned model and a classical restorer (the versions' `kind` tag) the search's own rule applies: the
-learned one must score higher by `learned_margin` (tuning.baselines.pick_champion).
+Between a learned model and a classical restorer (the versions' `kind` tag) the learned one must score higher by
+the search's `learned_margin`. (The search's paired test, `learned_sem`, needs every image's score, which the
+registry does not keep; but a learned version with this fingerprint already passed it against the best classical
+restorer of the same validation images: tuning.baselines.pick_champion.)
 """
 from __future__ import annotations
 

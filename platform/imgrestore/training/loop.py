@@ -61,8 +61,10 @@ DEFAULTS = {
     "max_val_images": 64,        # cap validation cost per epoch
     "calibrate_gain": True,      # pick the chroma gain on validation every epoch (imgrestore.training.evaluate)
     "hue_prior": False,          # after the search, offer hue-prior decoding to every restorer (tuning.decoding)
-    "learned_margin": 0.0,       # a trial must beat the best classical restorer by this on validation to be the
-                                 # champion: closer calls go to the restorer that learned nothing (tuning.baselines)
+    "learned_sem": 2.0,          # to be the champion, a trial's per-image advantage over the best classical
+    "learned_margin": 0.0,       # restorer on validation, less learned_sem standard errors, must reach
+                                 # learned_margin: closer calls go to the restorer that learned nothing
+                                 # (tuning.baselines.pick_champion)
     "n_samples_grid": 4,         # validation restorations drawn into the sample grid
 }
 

@@ -1,12 +1,14 @@
 """The classical restorers, scored on exactly the validation images every trial of a search is scored on.
 
 A learned model that loses to ``cv2.inpaint`` is a bug, not a result, and only a side-by-side measurement on
-the same images can tell. Each classical family (``imgrestore.models.classical``) goes through the same
-``training.loop.train`` as a trial (same split, fold, image size, image cap, metric; one evaluation, nothing to
-train), as a 1-CPU Ray task on the driver's node (which holds the split file), all side by side. With
-``hue_prior`` on, each is also scored with hue-prior decoding (``imgrestore.tuning.decoding``): one more row,
-``decoding`` "hue prior", for every family. A classical restorer has no weights: when no trial beats it, it is
-the champion (``pick_champion``), rebuilt from its name (and its prior, fitted again on the training fold).
+the same images can tell. Each classical family (``imgrestore.models.classical``) restores the validation images
+a trial's ``training.loop.train`` validates on (same split, fold, image size, image cap, metric; nothing to
+train), restored and scored as the submission restores them, as a 1-CPU Ray task on the driver's node (which
+holds the split file), all side by side. With ``hue_prior`` on, each is also scored with hue-prior decoding
+(``imgrestore.tuning.decoding``): one more row, ``decoding`` "hue prior", for every family. Every row keeps each
+image's score (``image_scores``), so the best trial can be compared with the best of them image by image
+(``pick_champion``'s paired test). A classical restorer has no weights: when no trial beats it, it is the
+champion, rebuilt from its name (and its prior, fitted again on the training fold).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import pandas as pd
 
 from imgrestore.metrics import KEYS
 from imgrestore.models.classical import CLASSICAL
-from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, fit_prior, score_decodings
+from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, IMAGE_SCORES, fit_prior, score_decodings
 
 CLASSICAL_FAMILIES = tuple(CLASSICAL)  # input_copy, telea, navier_stokes, fsr
 # The keys that decide which images validation sees, and at what size: a baseline must share them with the trials.
@@ -40,34 +42,35 @@ def validation_config(config: dict) -> dict:
 
 
 def _evaluate(name: str, config: dict, prior=None) -> list[dict]:
-    """One classical restorer through the training loop: one evaluation of the validation images; with a
-    fitted hue `prior`, a second row with the same images decoded by it."""
+    """One classical restorer on the validation images (the split, fold, image size and cap of the trials'
+    `training.loop.train`), restored as the submission restores them: one row as is and, with a fitted hue
+    `prior`, a second decoded by it. Each row holds every image's score too (``IMAGE_SCORES``), for the
+    champion's paired test."""
     import time
 
     import torch
 
     from imgrestore.models import create_model
     from imgrestore.training.data import RestorationDataset
-    from imgrestore.training.loop import read_split, train
+    from imgrestore.training.loop import read_split, with_defaults
 
     torch.set_num_threads(1)
-    result = {}
-    train({**config, "model": {"name": name}, "epochs": 1}, lambda metrics, checkpoint_dir: result.update(metrics))
-    rows = [{"name": name, "decoding": AS_IS, **{k: result[k] for k in KEYS}, "val_time_s": result["val_time_s"]}]
-    if prior is not None:
-        t = time.perf_counter()
-        _, val_frame = read_split(config["data_dir"], config["preproc_csv"], int(config["val_fold"]))
-        scores = score_decodings(create_model(name).eval(), RestorationDataset(val_frame, config["image_size"]),
-                                 int(config["max_val_images"]), prior)
-        rows.append({"name": name, "decoding": HUE_PRIOR, **scores[HUE_PRIOR], "val_time_s": time.perf_counter() - t})
-    return rows
+    cfg = with_defaults(config)
+    t = time.perf_counter()
+    _, val_frame = read_split(cfg["data_dir"], cfg["preproc_csv"], int(cfg["val_fold"]))
+    scores = score_decodings(create_model(name).eval(), RestorationDataset(val_frame, cfg["image_size"]),
+                             int(cfg["max_val_images"]), prior)
+    seconds = time.perf_counter() - t  # restoring and scoring both rows: one measurement
+    return [{"name": name, "decoding": decoding, **metrics, "val_time_s": seconds}
+            for decoding, metrics in scores.items()]
 
 
 def evaluate_baselines(config: dict, families=CLASSICAL_FAMILIES) -> pd.DataFrame:
     """Score every classical family on the search's validation images, side by side as Ray tasks.
 
     config: the search's trial config (constants, with data_dir and preproc_csv). Returns one row per
-    family and decoding (name, decoding, score, ssim, masked_ssim, hist_sim, val_time_s), best first.
+    family and decoding (name, decoding, score, ssim, masked_ssim, hist_sim, image_scores, val_time_s), best
+    first.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -97,6 +100,63 @@ def label(name: str, decoding: str | None = AS_IS) -> str:
     return name if decoding in (None, AS_IS) else f"{name} + {decoding}"
 
 
+def image_scores(value) -> np.ndarray | None:
+    """A baselines row's every-image scores: the tuple `score_decodings` gives, or the space-separated text
+    baselines.csv stores (`baselines_csv`); None where the row has none (a file written before they were kept)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        value = value.split()
+    return np.asarray(value, dtype=float)
+
+
+def baselines_csv(frame: pd.DataFrame) -> str:
+    """The baselines as CSV text, every-image scores as one space-separated column (read back by `image_scores`)."""
+    out = frame.copy()
+    if IMAGE_SCORES in out:
+        out[IMAGE_SCORES] = [" ".join(repr(float(v)) for v in image_scores(x)) if image_scores(x) is not None
+                             else "" for x in out[IMAGE_SCORES]]
+    return out.to_csv(index=False)
+
+
+@dataclass
+class PairedAdvantage:
+    """A trial's per-image advantage over a classical restorer on the same validation images."""
+    mean: float    # the mean of (trial - classical) over the images
+    sem: float     # its standard error, clustered by scene when the images' clusters are known
+    images: int
+    higher: int    # images where the trial scored higher
+    clusters: int = 0  # the scene clusters the standard error was clustered by (0: every image on its own)
+
+    @classmethod
+    def of(cls, trial, classical, groups=None) -> "PairedAdvantage":
+        """`groups`: each image's scene cluster (the split's `cluster`; -1, HDBSCAN's noise, is an image on its
+        own). Images of one scene move together (a colour model's hues suit a scene or do not), so the standard
+        error is the cluster-robust one (CR1: the residuals summed per cluster) rather than per image: a gain
+        that comes from one or two scenes counts for what it is."""
+        trial, classical = np.asarray(trial, dtype=float), np.asarray(classical, dtype=float)
+        if trial.shape != classical.shape or trial.ndim != 1 or len(trial) == 0:
+            raise ValueError(f"a paired comparison needs the same validation images for both: {trial.shape} trial "
+                             f"scores against {classical.shape} classical ones")
+        d = trial - classical
+        n, mean = len(d), float(d.mean())
+        if groups is None:
+            sem, k = (float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")), 0
+        else:
+            groups = np.asarray(groups)
+            if groups.shape != d.shape:
+                raise ValueError(f"{len(groups)} cluster labels for {n} images")
+            groups = np.where(groups == -1, -2 - np.arange(n), groups)  # HDBSCAN's noise: each image its own
+            sums = pd.Series(d - mean).groupby(groups).sum().to_numpy()
+            k = len(sums)
+            sem = float(np.sqrt((sums ** 2).sum() * k / (k - 1)) / n) if k > 1 else float("inf")
+        return cls(mean, sem, n, int((d > 0).sum()), k)
+
+    def text(self) -> str:
+        return (f"{self.mean:+.4f} ± {self.sem:.4f} (higher on {self.higher} of {self.images} images"
+                + (f", {self.clusters} scene clusters" if self.clusters else "") + ")")
+
+
 @dataclass
 class ChampionChoice:
     kind: str                 # "trial" or "classical"
@@ -106,7 +166,9 @@ class ChampionChoice:
     best_classical_score: float
     decoding: str = AS_IS     # the champion's decoding: AS_IS ("none") or "hue prior"
     trial_score: float | None = None  # the best trial's validation score (at its best decoding), if any
-    required_margin: float = 0.0      # what a trial had to beat the best classical restorer by
+    required_margin: float = 0.0      # what the trial's advantage, less required_sems standard errors, had to reach
+    required_sems: float = 0.0        # how many standard errors of the paired advantage it had to clear
+    advantage: PairedAdvantage | None = None  # the best trial against the best classical restorer, image by image
 
     @property
     def margin(self) -> float:
@@ -115,31 +177,61 @@ class ChampionChoice:
 
     @property
     def trial_short_of_margin(self) -> bool:
-        """A classical champion whose best trial scored higher on validation, by less than the required margin."""
+        """A classical champion whose best trial scored higher on validation, by too little to count (less than
+        the required margin, or within the required standard errors)."""
         return self.kind == "classical" and self.trial_score is not None and self.trial_score > self.score
+
+    def rule(self) -> str:
+        """The test the trial had to pass, in words."""
+        parts = ([f"{self.required_sems:g} standard errors"] if self.required_sems else []) + \
+                ([f"the margin {self.required_margin:.4f}"] if self.required_margin else [])
+        return "beat it" + (" by " + " + ".join(parts) if parts else "")
 
 
 def pick_champion(trial_score: float | None, trial_id: str | None, baselines: pd.DataFrame,
-                  trial_decoding: str = AS_IS, min_margin: float = 0.0) -> ChampionChoice:
-    """The best trial (at its best decoding) if it beats the best classical restorer (at its best decoding) by
-    at least `min_margin` on the same validation images, else that classical restorer.
+                  trial_decoding: str = AS_IS, min_margin: float = 0.0, trial_images=None,
+                  min_sems: float = 0.0, groups=None) -> ChampionChoice:
+    """The best trial (at its best decoding) if it beats the best classical restorer (at its best decoding) on the
+    same validation images by enough, else that classical restorer.
 
-    Why a margin: one validation fold is a few scenes, and a learned model that edges the classical restorer
-    there by less than the fold's noise often loses on other photos (the cpu.yaml benchmark: a trial +0.003
-    above FSR + hue prior on 80 validation images, 0.012 below it on 100 held-out photos; per-image differences
-    between such restorers have a standard error of 0.003-0.006 on 100 images, docs/benchmarks.md). The restorer
-    that learned nothing takes the close calls, as the one-standard-error rule of model selection would."""
+    Enough: the trial's per-image advantage (`PairedAdvantage`, from `trial_images`, every image's score, and
+    the classical row's ``image_scores``; its standard error clustered by the images' scene clusters,
+    `groups`), less `min_sems` of its standard errors, is at least `min_margin` (the space's ``learned_sem``
+    and ``learned_margin``). Without `trial_images` (and `min_sems` 0) the means
+    are compared: trial - classical >= min_margin.
+
+    Why a paired test: one validation fold is a few scenes, and a learned model that edges the classical restorer
+    there by less than the noise of the comparison often loses on other photos (the cpu.yaml benchmark: a
+    colour trial +0.003 above FSR + hue prior on 80 validation images, 0.012 below it on 100 held-out photos).
+    How much noise depends on the trial: a colour model changes every pixel's hue and its per-image differences
+    from FSR + hue prior spread widely (standard error 0.003-0.006 on 80-100 images); a luma-only model changes
+    only the lost region (0.001-0.002), so a fixed margin either let colour trials through on noise or turned
+    away real luma gains (docs/benchmarks.md, "The champion's paired test"). The restorer that learned nothing
+    takes the calls the test cannot make."""
     if not min_margin >= 0:
         raise ValueError(f"learned_margin must be >= 0, got {min_margin}")
+    if not min_sems >= 0:
+        raise ValueError(f"learned_sem must be >= 0, got {min_sems}")
     top = baselines.iloc[0]
     decoding = str(top.get("decoding", AS_IS))
     best = label(top["name"], decoding)
     trial = None if trial_score is None else float(trial_score)
-    if trial is not None and trial - float(top.score) >= min_margin:
-        return ChampionChoice("trial", str(trial_id), trial, best, float(top.score), trial_decoding, trial,
-                              float(min_margin))
+    advantage = None
+    if trial is not None and trial_images is not None:
+        classical = image_scores(top.get(IMAGE_SCORES))
+        if classical is None:
+            raise ValueError(f"the baselines hold no per-image scores for {best}: the paired test needs them "
+                             "(baselines measured before they were kept: measure them again)")
+        advantage = PairedAdvantage.of(trial_images, classical, groups)
+    elif trial is not None and min_sems > 0:
+        raise ValueError(f"learned_sem {min_sems} needs the trial's per-image validation scores (trial_images)")
+    if trial is not None:
+        gain = advantage.mean - min_sems * advantage.sem if advantage is not None else trial - float(top.score)
+        if gain >= min_margin:
+            return ChampionChoice("trial", str(trial_id), trial, best, float(top.score), trial_decoding, trial,
+                                  float(min_margin), float(min_sems), advantage)
     return ChampionChoice("classical", top["name"], float(top.score), best, float(top.score), decoding, trial,
-                          float(min_margin))
+                          float(min_margin), float(min_sems), advantage)
 
 
 CV_IMAGES = 100  # at most this many images of each other fold (~2 s each at 512 px on one CPU, decoding included)
@@ -204,7 +296,7 @@ def score_across_folds(name: str, decoding: str, config: dict, split_csv, known:
         prior = fit_prior(train_frame) if decoding == HUE_PRIOR else None
         scores = score_decodings(create_model(name).eval(), RestorationDataset(fold_frame, val["image_size"]), n,
                                  prior, progress=progress, parallel=parallel)
-        rows.append({"fold": fold, "images": n, **scores[decoding]})
+        rows.append({"fold": fold, "images": n, **{k: scores[decoding][k] for k in KEYS}})
     return FoldScores(pd.DataFrame(rows))
 
 

@@ -32,6 +32,7 @@ from imgrestore.training.data import to_uint8_rgb
 PRIOR_IMAGES = 2000
 DECODE_CHUNK = 8  # images per decoding task (parallel): seconds of work each, a few MB to ship
 AS_IS, HUE_PRIOR = "none", "hue prior"  # the values of the baselines' `decoding` column
+IMAGE_SCORES = "image_scores"  # every image's score, in the dataset's order: what the champion's paired test needs
 
 
 def fit_prior(train_frame: pd.DataFrame, limit: int = PRIOR_IMAGES, seed: int = 0, progress: bool = False
@@ -50,7 +51,7 @@ def score_decodings(model, dataset, limit: int, prior: HuePrior | None, device="
     """{AS_IS: metrics, HUE_PRIOR: metrics}: `model` on the first `limit` images of `dataset` (a validation
     RestorationDataset), restored as the submission restores them (uint8, the known gray locked), scored as is
     and after decoding with `prior` (None: as is only, {AS_IS: metrics}). Metrics: the means of score, ssim,
-    masked_ssim, hist_sim.
+    masked_ssim, hist_sim, and every image's score (``IMAGE_SCORES``).
 
     The model runs here (on `device`), one image at a time; the decoding, which costs far more on the CPU (up
     to seconds an image for a coloured 512 px restoration: docs/benchmarks.md), runs in Ray tasks when
@@ -99,15 +100,17 @@ def score_restorations(chunks: Iterable[list[tuple]], prior: HuePrior | None, pr
                        parallel: bool = False, total: int | None = None) -> dict[str, dict]:
     """{AS_IS: metrics, HUE_PRIOR: metrics} ({AS_IS: metrics} without a prior) of chunks of (truth, restoration,
     mask) triples (uint8 RGB, uint8 RGB, bool), decoded here or in Ray tasks (`parallel`; at most two tasks per
-    CPU in flight, so the images waiting in Ray's object store stay few): see `score_decodings`. `total`:
-    images, for the progress bar."""
+    CPU in flight, so the images waiting in Ray's object store stay few): see `score_decodings`. Each metrics
+    dict also holds ``IMAGE_SCORES``, every image's score in order (the champion's paired test compares two
+    restorers image by image: `tuning.baselines.pick_champion`). `total`: images, for the progress bar."""
     desc = ("hue-prior decoding" if prior is not None else "scoring") + (" (Ray tasks)" if parallel else "")
     with tqdm(total=total, desc=desc, unit="image", disable=not progress) as bar:
         scored = _in_tasks(chunks, prior, bar) if parallel else _here(chunks, prior, bar)
     if not scored:
         raise ValueError("no images to score the decoding on")
     rows = {AS_IS: [a for a, _ in scored], **({HUE_PRIOR: [b for _, b in scored]} if prior is not None else {})}
-    return {d: {k: float(np.mean([r[k] for r in rs])) for k in KEYS} for d, rs in rows.items()}
+    return {d: {**{k: float(np.mean([r[k] for r in rs])) for k in KEYS},
+                IMAGE_SCORES: tuple(float(r["score"]) for r in rs)} for d, rs in rows.items()}
 
 
 def _here(chunks, prior: HuePrior | None, bar) -> list[tuple[dict, dict | None]]:

@@ -9,10 +9,11 @@ each candidate are scored on the search's validation images and the best is kept
 assumption: a residual learnt on Telea fills; a trial trained on FSR fills, as the CPU spaces' are, usually
 keeps them). The chroma gain and hole factor are calibrated again for each.
 
-With ``hue_prior`` on (``imgrestore.tuning.decoding``), the chosen model is then scored on the same validation
-images with hue-prior decoding too (the prior fitted on the training fold's truths), and keeps it only if it
-scores higher; the classical baselines were offered the same (``tuning.baselines``), so the champion is
-chosen between equally decoded restorers.
+The chosen model is then scored as the submission restores it, image by image (the paired test against the
+best classical restorer needs every image's score: ``tuning.baselines.pick_champion``); with ``hue_prior`` on
+(``imgrestore.tuning.decoding``), with hue-prior decoding too (the prior fitted on the training fold's truths),
+kept only if it scores higher. The classical baselines were offered the same, so the champion is chosen
+between equally decoded restorers.
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ from imgrestore.models import is_trainable
 from imgrestore.training.checkpoint import TRIAL_CONFIG, load_model, save_model
 from imgrestore.training.data import RestorationDataset
 from imgrestore.training.evaluate import evaluate
-from imgrestore.training.loop import read_split, with_defaults
+from imgrestore.training.loop import DEFAULTS, read_split, with_defaults
 from imgrestore.tuning.baselines import ChampionChoice, label, pick_champion
-from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, fit_prior, score_decodings
+from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, IMAGE_SCORES, fit_prior, score_decodings
 
 CANDIDATES = ("telea", "fsr")
 
@@ -47,6 +48,8 @@ class Polished:
     score: float           # its validation score
     scores: dict           # prefill (+ decoding) -> validation score
     decoding: str = AS_IS  # "none", or "hue prior" when the checkpoint decodes with one
+    image_scores: tuple = ()  # every validation image's score, as the submission restores it (at `decoding`)
+    image_clusters: tuple = ()  # those images' scene clusters (the split's `cluster`), for the paired test
 
 
 def polish_prefill(checkpoint_dir: str | Path, out_dir: str | Path, split_csv: str | Path | None = None,
@@ -70,19 +73,22 @@ def polish_prefill(checkpoint_dir: str | Path, out_dir: str | Path, split_csv: s
         metrics, _ = evaluate(model, val, device, int(cfg["max_val_images"]), 0, calibrate=bool(cfg["calibrate_gain"]))
         scores[method], models[method] = metrics["score"], model
     best = max(scores, key=scores.get)
-    model, decoding, score = models[best], AS_IS, scores[best]
-    if cfg.get("hue_prior"):
-        prior = fit_prior(train_frame)
-        decoded = score_decodings(model, val, int(cfg["max_val_images"]), prior, device, progress=True,
-                                  parallel=ray_is_up())
+    model, decoding = models[best], AS_IS
+    # every image's score, as the submission restores it (and decoded), for the champion's paired test
+    prior = fit_prior(train_frame) if cfg.get("hue_prior") else None
+    decoded = score_decodings(model, val, int(cfg["max_val_images"]), prior, device, progress=True,
+                              parallel=ray_is_up())
+    if prior is not None:
         scores[label(best, HUE_PRIOR)] = decoded[HUE_PRIOR]["score"]
         if decoded[HUE_PRIOR]["score"] > decoded[AS_IS]["score"]:  # the same images, the same (uint8) path
-            model.hue_prior, decoding, score = prior, HUE_PRIOR, decoded[HUE_PRIOR]["score"]
+            model.hue_prior, decoding = prior, HUE_PRIOR
+    score, images = decoded[decoding]["score"], decoded[decoding][IMAGE_SCORES]
+    clusters = tuple(int(c) for c in val_frame["cluster"].iloc[:len(images)]) if "cluster" in val_frame else ()
     if model.config == base.config and decoding == AS_IS:  # nothing changed: the checkpoint as it is
-        return Polished(checkpoint_dir, best, score, scores)
+        return Polished(checkpoint_dir, best, score, scores, image_scores=images, image_clusters=clusters)
     save_model(model, out_dir)
     (out_dir / TRIAL_CONFIG).write_text((checkpoint_dir / TRIAL_CONFIG).read_text())
-    return Polished(out_dir, best, score, scores, decoding)
+    return Polished(out_dir, best, score, scores, decoding, images, clusters)
 
 
 def offered(baselines, config: dict):
@@ -108,16 +114,18 @@ def select_champion(outcome, space, split_csv, workdir: str | Path, device: str 
     from imgrestore.tuning.search import best_checkpoint
 
     workdir = Path(workdir)
-    margin = float(space.config.get("learned_margin", 0.0))  # check_space: a constant number >= 0
+    # check_space: constant numbers >= 0
+    rule = {"min_margin": float(space.config.get("learned_margin", DEFAULTS["learned_margin"])),
+            "min_sems": float(space.config.get("learned_sem", DEFAULTS["learned_sem"]))}
     try:
         best, checkpoint, best_epoch = best_checkpoint(outcome.results, space.metric, space.mode)
     except RuntimeError as e:  # no trial reported or left a checkpoint: the classical restorers are all there is
-        return Selection(pick_champion(None, None, outcome.baselines, min_margin=margin), None, None, {}, None,
-                         str(e))
+        return Selection(pick_champion(None, None, outcome.baselines, **rule), None, None, {}, None, str(e))
     shutil.rmtree(workdir / "trial", ignore_errors=True)
     with checkpoint.as_directory() as d:
         shutil.copytree(d, workdir / "trial")
     polished = polish_prefill(workdir / "trial", workdir / "polished", split_csv, device)
     choice = pick_champion(polished.score, best_epoch.get("trial_id"), offered(outcome.baselines, best.config),
-                           polished.decoding, margin)
+                           polished.decoding, trial_images=polished.image_scores,
+                           groups=polished.image_clusters or None, **rule)
     return Selection(choice, polished.checkpoint if choice.kind == "trial" else None, best, best_epoch, polished)

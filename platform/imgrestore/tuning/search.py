@@ -32,7 +32,8 @@ from ray import tune
 
 from imgrestore.tracking import get_or_create_experiment
 from imgrestore.tracking.tune_callback import MLflowTrialLogger, source_tags
-from imgrestore.tuning.baselines import baselines_markdown, evaluate_baselines, label
+from imgrestore.tuning.baselines import baselines_csv, baselines_markdown, evaluate_baselines, label
+from imgrestore.tuning.decoding import IMAGE_SCORES
 from imgrestore.tuning.space import SearchSpace
 from imgrestore.tuning.trainable import train_trial, train_trial_distributed
 
@@ -238,6 +239,12 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
             try:
                 baselines = pd.read_csv(io.StringIO(_read_text(_join(exp_dir, BASELINES_FILE))))
             except (FileNotFoundError, OSError):  # interrupted before they were measured
+                baselines = None
+            if baselines is not None and IMAGE_SCORES not in baselines:
+                print(f"{exp_dir}: {BASELINES_FILE} has no per-image scores (written by an older version); the "
+                      "champion's paired test needs them: measuring the classical restorers again", flush=True)
+                baselines = None
+            if baselines is None:
                 baselines = _baselines(space, data_dir, client, parent_run_id, exp_dir)
             tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
         else:
@@ -339,7 +346,7 @@ def _baselines(space: SearchSpace, data_dir: Path, client: MlflowClient, parent_
                exp_dir: str) -> pd.DataFrame:
     """Measure the classical restorers on the trials' validation images; log and store them."""
     frame = evaluate_baselines({**space.config, "data_dir": str(data_dir)})
-    _write_text(_join(exp_dir, BASELINES_FILE), frame.to_csv(index=False))
+    _write_text(_join(exp_dir, BASELINES_FILE), baselines_csv(frame))
     for row in frame.itertuples():  # baseline_fsr_score, baseline_fsr_hue_prior_score, ...
         name = label(row.name, row.decoding).replace(" + ", "_").replace(" ", "_")
         for key in ("score", "ssim", "masked_ssim", "hist_sim"):

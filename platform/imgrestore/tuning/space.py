@@ -145,10 +145,11 @@ def check_space(space: SearchSpace) -> None:
         validation_config(space.config)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    margin = space.config.get("learned_margin", 0.0)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < float("inf"):
-        raise ValueError(f"{where}: config.learned_margin must be a constant number >= 0 (how much a trial must "
-                         f"beat the best classical restorer by on validation), got {margin!r}")
+    for key, what in (("learned_margin", "how much a trial must beat the best classical restorer by on validation"),
+                      ("learned_sem", "how many standard errors of its per-image advantage a trial must clear")):
+        value = space.config.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"{where}: config.{key} must be a constant number >= 0 ({what}), got {value!r}")
     built = set()
     for cfg in corner_configs(space.config):
         try:

@@ -50,11 +50,13 @@ def champion_text(choice, baselines, model_uri: str, version: str, alias, zip_pa
               f"M {r.masked_ssim:.4f}  C {r.hist_sim:.4f}" for r in baselines.itertuples()]
     if choice.kind == "trial":
         lines.append(f"  {label('trial ' + choice.name, choice.decoding):<28} {choice.score:.4f}   <- champion: "
-                     f"{choice.margin:+.4f} over the best classical restorer ({choice.best_classical})")
+                     f"{choice.margin:+.4f} over the best classical restorer ({choice.best_classical})"
+                     + (f"; per image {choice.advantage.text()}" if choice.advantage else ""))
     else:
         lines.append(f"  champion: the classical restorer {label(choice.name, choice.decoding)} - NO learned model "
-                     + (f"beat it by the required {choice.required_margin:.4f} on validation (the best trial: "
-                        f"{choice.trial_score:.4f}, {choice.trial_score - choice.score:+.4f})"
+                     + (f"could {choice.rule()} on validation (the best trial: {choice.trial_score:.4f}, "
+                        + (f"per image {choice.advantage.text()})" if choice.advantage else
+                           f"{choice.trial_score - choice.score:+.4f})")
                         if choice.trial_short_of_margin else
                         "beat it on validation (more data, epochs or another space needed)"))
     if folds is not None:
