@@ -248,9 +248,10 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
             run_id = outcome.parent_run_id
             restorer = classical_champion(choice.name, choice.decoding, dataset.root, split_csv, val["val_fold"])
             ckpt_dir = save_model(restorer, Path(tmp) / choice.name)
-            what = (f"classical restorer {label(choice.name, choice.decoding)}: no trial could {choice.rule()} on "
-                    f"validation (best trial {'none' if polished is None else f'{polished.score:.4f}'}"
-                    + (f", per image {choice.advantage.text()}" if choice.advantage else "") + ")")
+            what = (f"classical restorer {label(choice.name, choice.decoding)}: "
+                    + ("no trial left a checkpoint" if polished is None else
+                       f"no trial could {choice.rule()} on validation (best trial {polished.score:.4f}"
+                       + (f", per image {choice.advantage.text()}" if choice.advantage else "") + ")"))
             # it trained on nothing: every fold can validate it, a better forecast for unseen photos than one fold
             try:
                 folds = classical_across_folds(choice, outcome.baselines,

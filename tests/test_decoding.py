@@ -159,6 +159,9 @@ def test_the_paired_test_accepts_a_steady_gain_and_refuses_the_same_mean_in_nois
     with pytest.raises(ValueError, match="no per-image scores for fsr \\+ hue prior"):
         pick_champion(0.6, "t1", no_images, HUE_PRIOR, trial_images=steady, min_sems=2)
     assert PairedAdvantage.of([0.5], [0.4]).sem == float("inf")  # one image: no test can pass on it
+    one = pd.DataFrame([{"name": "fsr", "decoding": AS_IS, "score": 0.4, "image_scores": 0.4}])  # a CSV's one image
+    assert pick_champion(0.5, "t1", one, AS_IS, trial_images=[0.5], min_sems=2).kind == "classical"
+    assert pick_champion(0.5, "t1", one, AS_IS, trial_images=[0.5]).kind == "trial"  # learned_sem 0: the means
 
 
 def test_a_gain_from_one_scene_does_not_pass_the_paired_test():

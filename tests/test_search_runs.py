@@ -97,3 +97,25 @@ def test_resume_with_another_split_is_an_error(tmp_path):
     uri = setup_tracking(f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(ValueError, match="another train/validation split"):
         search.run_search(space, tmp_path, tmp_path / "runs", uri, resume=exp)
+
+
+def test_resume_with_other_validation_settings_is_an_error(tmp_path):
+    """The trials and the classical restorers must be scored on the same images, decoded alike: a resume whose
+    space changed the validation settings (here the image cap) stops before any work, naming both."""
+    import hashlib
+    import json
+
+    from imgrestore.tracking import setup_tracking
+    from imgrestore.tuning.space import SearchSpace
+
+    split = tmp_path / "train_preproc_1.csv"
+    split.write_text("img_id,fold\nTRAIN_00000,0\n")
+    space = SearchSpace(name="demo", config={"preproc_csv": str(split), "max_val_images": 80})
+    digest = hashlib.sha256(search._split_text(space, tmp_path).encode()).hexdigest()
+    exp = restorable(tmp_path / "runs", "demo-20240101-120000-aaaaaa")
+    started = {**search._validation_of(space), "max_val_images": 40}
+    (exp / search.PARENT_FILE).write_text(json.dumps({"run_id": "x", "experiment_id": "0", "split_sha256": digest,
+                                                      "validation": started}))
+    uri = setup_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(ValueError, match="'max_val_images': 40.*the space now says.*'max_val_images': 80"):
+        search.run_search(space, tmp_path, tmp_path / "runs", uri, resume=exp)

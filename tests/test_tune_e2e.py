@@ -108,7 +108,7 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
     assert "margin" in version.description or "no trial could beat it" in version.description
     # the best trial against the best classical restorer, image by image (the paired test), logged and printed
     assert summary["trial_advantage"] == pytest.approx(parent.data.metrics["trial_advantage"])
-    assert parent.data.metrics["trial_advantage_sem"] > 0
+    assert 0 < parent.data.metrics["trial_advantage_sem"] < float("inf")
     assert check_submission(workdir / "submission.zip", load_dataset(workdir / "data").test) == 6
     assert zip_writer(workdir / "submission.zip")  # the zip says which run wrote it: a rerun may replace it
     (exp_dir,) = (workdir / "runs").iterdir()

@@ -111,7 +111,8 @@ def best_classical(q: dict) -> str:
 
 
 def _short_of(trial_score: float, choice) -> str:
-    """Why the best trial is not the champion: below the classical restorer, or above it by less than the margin."""
+    """Why the best trial is not the champion: below the classical restorer, or above it by too little for the
+    paired test (learned_sem standard errors, learned_margin)."""
     text = f"the best trial scored {fmt(trial_score, 4)} on validation after polish, "
     if choice.trial_short_of_margin:
         return text + (f"{trial_score - choice.score:+.4f} over it"

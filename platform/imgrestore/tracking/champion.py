@@ -10,9 +10,10 @@ The alias moves only to a better model (within the margin below): a new version 
 fingerprint equals the current champion's and whose score is lower is registered but not aliased; on another
 validation the two scores are not comparable, and the alias moves with that said (`AliasDecision.reason`).
 Between a learned model and a classical restorer (the versions' `kind` tag) the learned one must score higher by
-the search's `learned_margin`. (The search's paired test, `learned_sem`, needs every image's score, which the
-registry does not keep; but a learned version with this fingerprint already passed it against the best classical
-restorer of the same validation images: tuning.baselines.pick_champion.)
+the search's `learned_margin`. The search's own paired test (`learned_sem`: tuning.baselines.pick_champion) needs
+every image's score, which the registry does not keep, so across searches only the means and that margin are
+compared: a learned version registered by a search with the paired test passed it there, against the best
+classical restorer of its validation images.
 """
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def image_scores(value) -> np.ndarray | None:
         return None
     if isinstance(value, str):
         value = value.split()
-    return np.asarray(value, dtype=float)
+    return np.atleast_1d(np.asarray(value, dtype=float))  # one image: pandas reads the column as a number
 
 
 def baselines_csv(frame: pd.DataFrame) -> str:
@@ -226,7 +226,10 @@ def pick_champion(trial_score: float | None, trial_id: str | None, baselines: pd
     elif trial is not None and min_sems > 0:
         raise ValueError(f"learned_sem {min_sems} needs the trial's per-image validation scores (trial_images)")
     if trial is not None:
-        gain = advantage.mean - min_sems * advantage.sem if advantage is not None else trial - float(top.score)
+        if advantage is None:
+            gain = trial - float(top.score)
+        else:  # learned_sem 0: the plain mean, also where no standard error exists (one image or one scene)
+            gain = advantage.mean - (min_sems * advantage.sem if min_sems else 0.0)
         if gain >= min_margin:
             return ChampionChoice("trial", str(trial_id), trial, best, float(top.score), trial_decoding, trial,
                                   float(min_margin), float(min_sems), advantage)

@@ -1,6 +1,6 @@
-"""The champion of a finished search: the best trial, its inference prefill chosen on validation, unless a
-classical restorer beats it on the same validation images. One function, for pipelines/tune.py and the
-benchmark alike.
+"""The champion of a finished search: the best trial, its inference prefill chosen on validation, if it beats
+the best classical restorer image by image on the same validation images (``tuning.baselines.pick_champion``'s
+paired test), else that restorer. One function, for pipelines/tune.py and the benchmark alike.
 
 Why the prefill is chosen after the search: trials that fill the hole with Telea (a few ms an image: it runs
 at every training step) may do better at inference with OpenCV's FSR fill under them, which is better

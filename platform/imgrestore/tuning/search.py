@@ -32,7 +32,8 @@ from ray import tune
 
 from imgrestore.tracking import get_or_create_experiment
 from imgrestore.tracking.tune_callback import MLflowTrialLogger, source_tags
-from imgrestore.tuning.baselines import baselines_csv, baselines_markdown, evaluate_baselines, label
+from imgrestore.tuning.baselines import (VALIDATION_KEYS, baselines_csv, baselines_markdown, evaluate_baselines,
+                                         label, validation_config)
 from imgrestore.tuning.decoding import IMAGE_SCORES
 from imgrestore.tuning.space import SearchSpace
 from imgrestore.tuning.trainable import train_trial, train_trial_distributed
@@ -234,6 +235,13 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
                                  f"{space.config.get('preproc_csv') or data_dir / 'train_preproc_1.csv'} holds now "
                                  "(the dataset or the preprocess settings changed); resuming would mix the two. Start "
                                  "a new search, or restore the split the search was started with")
+            validation = _validation_of(space)
+            started = parent.get("validation", validation)  # folders written before it was recorded: unchecked
+            if started != validation:
+                # the trials were validated on other images (or decoded otherwise) than the baselines would be
+                raise ValueError(f"{exp_dir}: this search was started with the validation settings {started}; the "
+                                 f"space now says {validation}. The trials and the classical restorers must be "
+                                 "scored on the same images: resume with the space the search was started with")
             parent_run_id = parent["run_id"]
             client.update_run(parent_run_id, status="RUNNING")
             try:
@@ -254,7 +262,8 @@ def run_search(space: SearchSpace, data_dir: str | os.PathLike, storage_path: st
             parent_run_id = parent.info.run_id
             client.log_inputs(parent_run_id, [dataset])
             _write_text(_join(exp_dir, PARENT_FILE), json.dumps({"run_id": parent_run_id, "experiment_id": experiment_id,
-                                                                 "split_sha256": split_digest}))
+                                                                 "split_sha256": split_digest,
+                                                                 "validation": _validation_of(space)}))
             for key, value in {"space": space.name, "data_dir": str(data_dir), "num_samples": space.num_samples,
                                "search": json.dumps(space.search), "scheduler": json.dumps(space.scheduler),
                                "resources": json.dumps(space.resources), "experiment_dir": str(exp_dir)}.items():
@@ -340,6 +349,13 @@ def _mark_killed(client: MlflowClient, experiment_id: str, parent_run_id: str, s
     for run in open_trials:
         client.set_terminated(run.info.run_id, status)
     client.set_terminated(parent_run_id, status)
+
+
+def _validation_of(space: SearchSpace) -> dict:
+    """The settings that decide which validation images the trials and the baselines are scored on, and how
+    (the data folder and split file are checked by the split's digest)."""
+    val = validation_config(space.config)
+    return {k: val[k] for k in VALIDATION_KEYS if k not in ("data_dir", "preproc_csv")}
 
 
 def _baselines(space: SearchSpace, data_dir: Path, client: MlflowClient, parent_run_id: str,
