@@ -6,9 +6,10 @@
 
 Every search also scores the classical restorers (input copy, OpenCV Telea / Navier-Stokes, FSR) on the
 trials' validation images; the champion is the best trial only if it beats the best of them image by image
-(its per-image advantage clear of the space's `learned_sem` standard errors), and the summary states the margin. Bad input: `error: <message>` on stderr, exit status 2. Ctrl-C during the search: exit
-status 130, nothing registered or written, and the command that resumes the search (after the search: 130,
-no zip written, and what may already be registered).
+(its per-image advantage clear of the space's `learned_sem` standard errors), and the summary states the
+margin. Bad input: `error: <message>` on stderr, exit status 2. Ctrl-C during the search: exit status 130,
+nothing registered or written, and the command that resumes the search (after the search: 130, no zip
+written, and what may already be registered).
 
 An existing --out is replaced only if it is a submission zip imgrestore wrote (the replacement names the run
 that wrote it); any other file there is an error before any work, unless --overwrite is given.

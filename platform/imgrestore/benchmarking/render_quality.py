@@ -5,11 +5,10 @@ says how each figure was measured.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from imgrestore.benchmarking.report import fmt, header, model_desc, table
 from imgrestore.benchmarking.runner import BEST_TRIAL, CHAMPION, SEED
-from imgrestore.tuning.baselines import label
+from imgrestore.tuning.baselines import PairedAdvantage, label
 
 QUALITY = "## Restoration quality"
 SHORT = {"telea + global mean Cb/Cr": "telea+mean", "telea + cluster Cb/Cr by luma": "telea+LUT",
@@ -25,16 +24,15 @@ def test_score(row: dict) -> float:
     return float(row["frame"]["score"].mean())
 
 
-def paired(a: dict, b: dict) -> tuple[float, float, int, int]:
-    """Per-image test score of row a minus row b: mean, standard error, images where a is higher, images."""
-    d = a["frame"].set_index("name")["score"] - b["frame"].set_index("name")["score"]
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return float(d.mean()), se, int((d > 0).sum()), len(d)
+def paired(a: dict, b: dict) -> PairedAdvantage:
+    """Per-image test score of row a minus row b, the same images matched by name: mean, standard error,
+    images where a is higher (the champion's paired test's arithmetic, here on held-out images)."""
+    sa = a["frame"].set_index("name")["score"]
+    return PairedAdvantage.of(sa.to_numpy(), b["frame"].set_index("name")["score"].loc[sa.index].to_numpy())
 
 
 def paired_text(a: dict, b: dict) -> str:
-    mean, se, higher, n = paired(a, b)
-    return f"{mean:+.4f} ± {fmt(se, 4)} (higher on {higher} of {n} images)"
+    return paired(a, b).text()
 
 
 def flat_config(config: dict, prefix: str = "") -> list[str]:
@@ -250,7 +248,8 @@ def notes(res) -> list[str]:
         for name, r in ab.items():
             if r is ref:
                 continue
-            mean, se, _, _ = paired(r, ref)
+            diff = paired(r, ref)
+            mean, se = diff.mean, diff.sem
             key = "lower" if mean < -2 * se else "higher" if mean > 2 * se else "within two standard errors"
             verdict[key].append(f"{name.split(' ')[0].rstrip(':')} {mean:+.4f}")
         out.append("- Ablation rows against (f) on the test set (mean per-image Δ): " + "; ".join(

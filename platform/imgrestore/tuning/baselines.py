@@ -52,14 +52,13 @@ def _evaluate(name: str, config: dict, prior=None) -> list[dict]:
 
     from imgrestore.models import create_model
     from imgrestore.training.data import RestorationDataset
-    from imgrestore.training.loop import read_split, with_defaults
+    from imgrestore.training.loop import read_split
 
     torch.set_num_threads(1)
-    cfg = with_defaults(config)
-    t = time.perf_counter()
-    _, val_frame = read_split(cfg["data_dir"], cfg["preproc_csv"], int(cfg["val_fold"]))
-    scores = score_decodings(create_model(name).eval(), RestorationDataset(val_frame, cfg["image_size"]),
-                             int(cfg["max_val_images"]), prior)
+    t = time.perf_counter()  # config: validation_config's, every key filled from the training defaults
+    _, val_frame = read_split(config["data_dir"], config["preproc_csv"], int(config["val_fold"]))
+    scores = score_decodings(create_model(name).eval(), RestorationDataset(val_frame, config["image_size"]),
+                             int(config["max_val_images"]), prior)
     seconds = time.perf_counter() - t  # restoring and scoring both rows: one measurement
     return [{"name": name, "decoding": decoding, **metrics, "val_time_s": seconds}
             for decoding, metrics in scores.items()]
@@ -112,10 +111,13 @@ def image_scores(value) -> np.ndarray | None:
 
 def baselines_csv(frame: pd.DataFrame) -> str:
     """The baselines as CSV text, every-image scores as one space-separated column (read back by `image_scores`)."""
+    def text(value) -> str:
+        scores = image_scores(value)
+        return "" if scores is None else " ".join(repr(float(v)) for v in scores)
+
     out = frame.copy()
     if IMAGE_SCORES in out:
-        out[IMAGE_SCORES] = [" ".join(repr(float(v)) for v in image_scores(x)) if image_scores(x) is not None
-                             else "" for x in out[IMAGE_SCORES]]
+        out[IMAGE_SCORES] = [text(x) for x in out[IMAGE_SCORES]]
     return out.to_csv(index=False)
 
 
@@ -140,20 +142,19 @@ class PairedAdvantage:
                              f"scores against {classical.shape} classical ones")
         d = trial - classical
         n, mean = len(d), float(d.mean())
-        if groups is None:
-            sem, k = (float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")), 0
-        else:
-            groups = np.asarray(groups)
-            if groups.shape != d.shape:
-                raise ValueError(f"{len(groups)} cluster labels for {n} images")
-            groups = np.where(groups == -1, -2 - np.arange(n), groups)  # HDBSCAN's noise: each image its own
-            sums = pd.Series(d - mean).groupby(groups).sum().to_numpy()
-            k = len(sums)
-            sem = float(np.sqrt((sums ** 2).sum() * k / (k - 1)) / n) if k > 1 else float("inf")
-        return cls(mean, sem, n, int((d > 0).sum()), k)
+        # without clusters every image is its own, and CR1 is the plain standard error std(d, ddof=1) / sqrt(n)
+        labels = np.arange(n) if groups is None else np.asarray(groups)
+        if labels.shape != d.shape:
+            raise ValueError(f"{len(labels)} cluster labels for {n} images")
+        labels = np.where(labels == -1, -2 - np.arange(n), labels)  # HDBSCAN's noise: each image its own
+        sums = pd.Series(d - mean).groupby(labels).sum().to_numpy()
+        k = len(sums)
+        sem = float(np.sqrt((sums ** 2).sum() * k / (k - 1)) / n) if k > 1 else float("inf")
+        return cls(mean, sem, n, int((d > 0).sum()), 0 if groups is None else k)
 
     def text(self) -> str:
-        return (f"{self.mean:+.4f} ± {self.sem:.4f} (higher on {self.higher} of {self.images} images"
+        sem = f"{self.sem:.4f}" if np.isfinite(self.sem) else "-"  # one image or one scene: no standard error
+        return (f"{self.mean:+.4f} ± {sem} (higher on {self.higher} of {self.images} images"
                 + (f", {self.clusters} scene clusters" if self.clusters else "") + ")")
 
 
