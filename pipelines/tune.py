@@ -43,9 +43,7 @@ from imgrestore.submission.predict import check_out, submission_comment, write_s
 from imgrestore.tracking import setup_tracking
 from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
 from imgrestore.tracking.tune_callback import TRIAL_TAG
-from imgrestore.training.checkpoint import save_model
-from imgrestore.tuning.baselines import classical_across_folds, label, validation_config
-from imgrestore.tuning.decoding import classical_champion
+from imgrestore.tuning.baselines import label, validation_config
 from imgrestore.tuning.polish import select_champion
 from imgrestore.tuning.search import SearchInterrupted, latest_experiment, run_search
 from imgrestore.tuning.space import check_space, load_space
@@ -229,43 +227,33 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
     name = args.model_name or f"imgrestore-{space.name}"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="imgrestore-champion-") as tmp:
-        sel = select_champion(outcome, space, split_csv, tmp, device)
-        choice, best, best_epoch, polished = sel.choice, sel.best, sel.best_epoch, sel.polished
+        sel = select_champion(outcome, space, split_csv, tmp, dataset.root, device, parallel=ray.is_initialized())
+        choice, best, best_epoch, polished, folds = sel.choice, sel.best, sel.best_epoch, sel.polished, sel.folds
         if sel.error:
             print(f"warning: {sel.error}", file=sys.stderr)
+        if sel.folds_error:
+            print(f"warning: the champion could not be scored on every fold ({sel.folds_error}); its forecast is "
+                  "fold 0's", file=sys.stderr)
         if polished:
             print("inference prefill and decoding on validation: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in polished.scores.items())
                   + f" -> {label(polished.prefill, polished.decoding)}")
         if choice.kind == "trial":
             run_id = _trial_run(client, outcome, choice.name, TRIAL_TAG) or outcome.parent_run_id
-            ckpt_dir = sel.checkpoint
             what = (f"{best.config['model']['name']} from trial {choice.name}, epoch {best_epoch.get('epoch')}, "
                     f"prefill {label(polished.prefill, polished.decoding)}; margin over the best classical restorer "
                     f"({choice.best_classical}): {choice.margin:+.4f}"
                     + (f", per image {choice.advantage.text()}" if choice.advantage else ""))
-            folds = None
         else:
             run_id = outcome.parent_run_id
-            restorer = classical_champion(choice.name, choice.decoding, dataset.root, split_csv, val["val_fold"])
-            ckpt_dir = save_model(restorer, Path(tmp) / choice.name)
             what = (f"classical restorer {label(choice.name, choice.decoding)}: "
                     + ("no trial left a checkpoint" if polished is None else
                        f"no trial could {choice.rule()} on validation (best trial {polished.score:.4f}"
                        + (f", per image {choice.advantage.text()}" if choice.advantage else "") + ")"))
-            # it trained on nothing: every fold can validate it, a better forecast for unseen photos than one fold
-            try:
-                folds = classical_across_folds(choice, outcome.baselines,
-                                               {**space.config, "data_dir": str(dataset.root)}, split_csv,
-                                               parallel=ray.is_initialized())
-            except Exception as e:  # a forecast only: the search is complete, its champion and zip still stand
-                print(f"warning: the champion could not be scored on every fold ({type(e).__name__}: {e}); "
-                      "its forecast is fold 0's", file=sys.stderr)
-                folds = None
             if folds is not None:
                 what += f"; on every fold: {folds.text()}"
         description = f"validation score {choice.score:.4f}; {what}"
-        model_uri, version, alias = log_champion(ckpt_dir, run_id, name, tracking_uri, choice.score, fingerprint,
+        model_uri, version, alias = log_champion(sel.checkpoint, run_id, name, tracking_uri, choice.score, fingerprint,
                                                  description, tags={"search_run": outcome.parent_run_id,
                                                                     "kind": choice.kind, "source": choice.name},
                                                  learned_margin=choice.required_margin)

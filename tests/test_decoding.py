@@ -297,3 +297,41 @@ def test_every_fold_counts_alike_and_no_fold_decodes_with_its_own_truths(tiny_da
     fitted.clear()
     plain = classical_across_folds(pick_champion(None, None, old), old, config, split3)
     assert fitted == [] and plain.frame.iloc[0]["score"] == 0.9  # its fold-0 row reused, nothing decoded
+
+
+def test_a_classical_champion_is_saved_with_its_prior_and_its_folds_fail_softly(tiny_dacon, split, tmp_path,
+                                                                              monkeypatch):
+    """select_champion, when no trial left a checkpoint: the best classical restorer is saved as the champion
+    with the training fold's hue prior (what tune.py registers and the benchmark scores), and scored on every
+    fold; a failure of those folds (a forecast only) leaves the champion standing and says why."""
+    from types import SimpleNamespace
+
+    import imgrestore.tuning.polish as polish_module
+    import imgrestore.tuning.search as search_module
+    from imgrestore.training.checkpoint import load_model
+    from imgrestore.tuning.polish import select_champion
+
+    def no_trial(*args, **kw):
+        raise RuntimeError("no trial produced a checkpoint")
+
+    monkeypatch.setattr(search_module, "best_checkpoint", no_trial)
+    measured = {"score": 0.9, "ssim": 0.8, "masked_ssim": 0.7, "hist_sim": 0.6}
+    baselines = pd.DataFrame([{"name": "telea", "decoding": HUE_PRIOR, **measured},
+                              {"name": "fsr", "decoding": AS_IS, **{k: v / 2 for k, v in measured.items()}}])
+    outcome = SimpleNamespace(results=None, baselines=baselines)
+    space = SimpleNamespace(metric="score", mode="max", config={"val_fold": 0, "image_size": None,
+                                                                "max_val_images": 4, "hue_prior": True})
+    sel = select_champion(outcome, space, split, tmp_path / "a", tiny_dacon)
+    assert sel.error == "no trial produced a checkpoint" and sel.polished is None
+    assert (sel.choice.kind, sel.choice.name, sel.choice.decoding) == ("classical", "telea", HUE_PRIOR)
+    model = load_model(sel.checkpoint)
+    assert model.name == "telea" and model.hue_prior.n_images == len(read_split(str(tiny_dacon), str(split), 0)[0])
+    assert sel.folds is not None and list(sel.folds.frame["fold"]) == [0, 1] and sel.folds_error is None
+
+    def broken(*args, **kw):
+        raise OSError("fold 1 unreadable")
+
+    monkeypatch.setattr(polish_module, "classical_across_folds", broken)
+    sel = select_champion(outcome, space, split, tmp_path / "b", tiny_dacon)
+    assert sel.folds is None and sel.folds_error == "OSError: fold 1 unreadable"
+    assert load_model(sel.checkpoint).name == "telea"  # the champion stands

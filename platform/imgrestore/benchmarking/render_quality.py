@@ -112,7 +112,7 @@ def _short_of(trial_score: float, choice) -> str:
     """Why the best trial is not the champion: below the classical restorer, or above it by too little for the
     paired test (learned_sem standard errors, learned_margin)."""
     text = f"the best trial scored {fmt(trial_score, 4)} on validation after polish, "
-    if choice.trial_short_of_margin:
+    if choice.trial_higher_but_refused:
         return text + (f"{trial_score - choice.score:+.4f} over it"
                        + (f" (per image {choice.advantage.text()})" if choice.advantage else "")
                        + f", too little: a trial must {choice.rule()} (learned_sem, learned_margin).")

@@ -163,35 +163,26 @@ def champion(cfg: BenchConfig, space, outcome, split_csv, data_dir: Path) -> dic
     """Exactly pipelines/tune.py's choice (imgrestore.tuning.polish.select_champion)."""
     import ray
 
-    from imgrestore.training.checkpoint import load_model, save_model
-    from imgrestore.tuning.baselines import classical_across_folds
-    from imgrestore.tuning.decoding import classical_champion
+    from imgrestore.training.checkpoint import load_model
     from imgrestore.tuning.polish import select_champion
 
     out = cfg.work / "champion"
     shutil.rmtree(out, ignore_errors=True)
-    sel = select_champion(outcome, space, split_csv, out)
-    folds = None
-    if sel.choice.kind == "classical":  # as pipelines/tune.py registers it: its prior fitted on the training fold
-        model = classical_champion(sel.choice.name, sel.choice.decoding, data_dir, split_csv,
-                                   space.config.get("val_fold", 0))
-        classical_dir = str(save_model(model, out / "classical"))
-        # and, as tune.py does, scored on every fold: the forecast of the held-out score the gap is judged on
-        folds = classical_across_folds(sel.choice, outcome.baselines, {**space.config, "data_dir": str(data_dir)},
-                                       split_csv, parallel=ray.is_initialized())
-    else:
-        classical_dir = None
+    sel = select_champion(outcome, space, split_csv, out, data_dir, parallel=ray.is_initialized())
+    if sel.folds_error:
+        print(f"[benchmark] warning: the champion could not be scored on every fold ({sel.folds_error})", flush=True)
+    classical_dir = str(sel.checkpoint) if sel.choice.kind == "classical" else None
     if sel.error:
         print(f"[benchmark] warning: {sel.error}", flush=True)
         return {"choice": sel.choice, "trial": None, "error": sel.error, "baselines": outcome.baselines,
-                "classical_dir": classical_dir, "folds": folds}
+                "classical_dir": classical_dir, "folds": sel.folds}
     polished, row = sel.polished, sel.best_epoch
     trial = {"id": row.get("trial_id"), "epoch": int(row["epoch"]), "config": sel.best.config,
              "dir": str(out / "trial"), "base_prefill": load_model(out / "trial").prefill_method,
              "prefill": polished.prefill, "decoding": polished.decoding, "score": polished.score,
              "scores": polished.scores, "polished_dir": str(polished.checkpoint)}
     return {"choice": sel.choice, "trial": trial, "baselines": outcome.baselines, "classical_dir": classical_dir,
-            "folds": folds}
+            "folds": sel.folds}
 
 
 def champion_model(champ: dict):

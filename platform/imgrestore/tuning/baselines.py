@@ -177,7 +177,7 @@ class ChampionChoice:
         return self.score - self.best_classical_score
 
     @property
-    def trial_short_of_margin(self) -> bool:
+    def trial_higher_but_refused(self) -> bool:
         """A classical champion whose best trial scored higher on validation, by too little to count (less than
         the required margin, or within the required standard errors)."""
         return self.kind == "classical" and self.trial_score is not None and self.trial_score > self.score

@@ -14,6 +14,9 @@ best classical restorer needs every image's score: ``tuning.baselines.pick_champ
 (``imgrestore.tuning.decoding``), with hue-prior decoding too (the prior fitted on the training fold's truths),
 kept only if it scores higher. The classical baselines were offered the same, so the champion is chosen
 between equally decoded restorers.
+
+A classical champion is built here too (its hue prior fitted on the training fold, as the search scored it) and,
+since it trained on nothing, scored on every fold: a better forecast for unseen photos than the one fold.
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ from imgrestore.training.checkpoint import TRIAL_CONFIG, load_model, save_model
 from imgrestore.training.data import RestorationDataset
 from imgrestore.training.evaluate import evaluate
 from imgrestore.training.loop import DEFAULTS, read_split, with_defaults
-from imgrestore.tuning.baselines import ChampionChoice, label, pick_champion
-from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, IMAGE_SCORES, fit_prior, score_decodings
+from imgrestore.tuning.baselines import ChampionChoice, FoldScores, classical_across_folds, label, pick_champion
+from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, IMAGE_SCORES, classical_champion, fit_prior, score_decodings
 
 CANDIDATES = ("telea", "fsr")
 
@@ -102,15 +105,21 @@ def offered(baselines, config: dict):
 @dataclass
 class Selection:
     choice: ChampionChoice
-    checkpoint: Path | None     # the trial champion's (polished) checkpoint; None for a classical champion
+    checkpoint: Path | None     # the champion's saved model: the trial's polished checkpoint, or the classical
+                                # restorer (None only when a classical champion could not be built)
     best: object | None         # the best trial's tune.Result
     best_epoch: dict            # the reported row of its best epoch ({} when no trial reported)
     polished: Polished | None
     error: str | None = None    # why no trial could be the champion
+    folds: FoldScores | None = None  # a classical champion on every fold (None: a trial, or a single fold)
+    folds_error: str | None = None   # why it could not be scored on every fold (its forecast is then one fold's)
 
 
-def select_champion(outcome, space, split_csv, workdir: str | Path, device: str = "cpu") -> Selection:
-    """The champion of a finished search (see the module doc); checkpoints are copied under `workdir`."""
+def select_champion(outcome, space, split_csv, workdir: str | Path, data_dir: str | Path, device: str = "cpu",
+                    parallel: bool = False) -> Selection:
+    """The champion of a finished search (see the module doc); checkpoints are copied under `workdir`.
+    `data_dir`: the search's dataset (a classical champion's prior and its other folds come from it);
+    `parallel`: score the other folds in Ray tasks."""
     from imgrestore.tuning.search import best_checkpoint
 
     workdir = Path(workdir)
@@ -120,7 +129,9 @@ def select_champion(outcome, space, split_csv, workdir: str | Path, device: str 
     try:
         best, checkpoint, best_epoch = best_checkpoint(outcome.results, space.metric, space.mode)
     except RuntimeError as e:  # no trial reported or left a checkpoint: the classical restorers are all there is
-        return Selection(pick_champion(None, None, outcome.baselines, **rule), None, None, {}, None, str(e))
+        choice = pick_champion(None, None, outcome.baselines, **rule)
+        return _classical(Selection(choice, None, None, {}, None, str(e)), outcome, space, split_csv, workdir,
+                          data_dir, parallel)
     shutil.rmtree(workdir / "trial", ignore_errors=True)
     with checkpoint.as_directory() as d:
         shutil.copytree(d, workdir / "trial")
@@ -128,4 +139,22 @@ def select_champion(outcome, space, split_csv, workdir: str | Path, device: str 
     choice = pick_champion(polished.score, best_epoch.get("trial_id"), offered(outcome.baselines, best.config),
                            polished.decoding, trial_images=polished.image_scores,
                            groups=polished.image_clusters or None, **rule)
-    return Selection(choice, polished.checkpoint if choice.kind == "trial" else None, best, best_epoch, polished)
+    sel = Selection(choice, polished.checkpoint if choice.kind == "trial" else None, best, best_epoch, polished)
+    return sel if choice.kind == "trial" else _classical(sel, outcome, space, split_csv, workdir, data_dir,
+                                                         parallel)
+
+
+def _classical(sel: Selection, outcome, space, split_csv, workdir: Path, data_dir, parallel: bool) -> Selection:
+    """A classical champion saved as a checkpoint (its prior fitted on the training fold, as the search scored
+    it), then scored on every fold. The folds are a forecast only: if they fail, the champion still stands and
+    `folds_error` says why."""
+    val_fold = int(space.config.get("val_fold", DEFAULTS["val_fold"]))
+    model = classical_champion(sel.choice.name, sel.choice.decoding, data_dir, split_csv, val_fold)
+    shutil.rmtree(workdir / "classical", ignore_errors=True)
+    sel.checkpoint = Path(save_model(model, workdir / "classical"))
+    try:
+        sel.folds = classical_across_folds(sel.choice, outcome.baselines, {**space.config, "data_dir": str(data_dir)},
+                                           split_csv, parallel=parallel)
+    except Exception as e:  # noqa: BLE001 - a forecast only: the search is complete, its champion stands
+        sel.folds_error = f"{type(e).__name__}: {e}"
+    return sel

@@ -57,7 +57,7 @@ def champion_text(choice, baselines, model_uri: str, version: str, alias, zip_pa
                      + (f"could {choice.rule()} on validation (the best trial: {choice.trial_score:.4f}, "
                         + (f"per image {choice.advantage.text()})" if choice.advantage else
                            f"{choice.trial_score - choice.score:+.4f})")
-                        if choice.trial_short_of_margin else
+                        if choice.trial_higher_but_refused else
                         "beat it on validation (more data, epochs or another space needed)"))
     if folds is not None:
         lines.append(f"  the champion on every fold (a fold's hue prior is fitted on the others): {folds.text()}"
