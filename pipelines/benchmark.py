@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     from imgrestore.benchmarking.report import write_sections
     from imgrestore.benchmarking.runner import BenchConfig, run_benchmark
     from imgrestore.data.embedded import cache_root
+    from imgrestore.data.io import atomic_path
 
     args = parse_args(argv)
     work = Path(args.work) if args.work else cache_root() / ("benchmark-quick" if args.quick else "benchmark")
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
         make = BenchConfig.quick_preset if args.quick else BenchConfig
         cfg = make(photos=args.photos, work=work, command=command, **given)
         res = run_benchmark(cfg)
-        saved.write_bytes(pickle.dumps(res))
+        with atomic_path(saved) as tmp:  # a run killed mid-write keeps the previous result readable
+            tmp.write_bytes(pickle.dumps(res))
     sections = {render.QUALITY: render.quality_section(res), render.THROUGHPUT: render.throughput_section(res)}
     for text in sections.values():
         print("\n" + text)

@@ -260,7 +260,7 @@ def finish(args, space, outcome, dataset, client, tracking_uri, split_csv) -> in
 
     # 4. submission from the registered champion, checked, logged
     model = load_restorer(model_uri, tracking_uri, device)
-    zip_path = write_submission(model, dataset.test, args.out, device=device,
+    zip_path = write_submission(model, dataset.test, args.out, device=device, parallel=ray.is_initialized(),
                                 comment=submission_comment(f"tune.py, MLflow run {outcome.parent_run_id}"))
     client.log_artifact(outcome.parent_run_id, str(zip_path))
     best_metrics = {f"best_{k}": float(best_epoch[k]) for k in SCORE_KEYS if k in best_epoch}

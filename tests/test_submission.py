@@ -234,7 +234,42 @@ def test_hue_prior_decoding_keeps_the_gray_and_moves_the_hues(tiny_dacon, checkp
         assert ("the model's own" in capsys.readouterr().out) == (not flags)
         with zipfile.ZipFile(out) as zc, zipfile.ZipFile(same_as) as zs:
             assert all(zc.read(n) == zs.read(n) for n in ds.test["name"])
+    out = tmp_path / "workers.zip"  # decoded in Ray tasks: the same zip
+    assert predict_main(["--model", str(saved), "--data", str(tiny_dacon), "--out", str(out),
+                         "--tracking-uri", uri, "--workers", "2"]) == 0
+    with zipfile.ZipFile(out) as zc, zipfile.ZipFile(steered) as zs:
+        assert all(zc.read(n) == zs.read(n) for n in ds.test["name"])
     missing = tmp_path / "cli2.zip"
     assert predict_main(["--model", str(checkpoint), "--data", str(tiny_dacon), "--out", str(missing),
                          "--tracking-uri", uri, "--hue-prior", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err and not missing.exists()
+
+
+def test_parallel_decoding_writes_the_same_zip(tiny_dacon, tiny_model, tmp_path, ray_local, monkeypatch):
+    """write_submission(parallel=True): the hue prior's decoding runs in Ray tasks, and the zip holds the same
+    PNGs in the same order as the serial one; a task that fails fails the write and leaves no zip."""
+    import copy
+
+    from imgrestore.data.io import read_rgb
+    from imgrestore.models.hue_prior import HuePrior
+    from imgrestore.submission import predict
+
+    ds = load_dataset(tiny_dacon)
+    model = copy.deepcopy(tiny_model)
+    model.hue_prior = HuePrior().fit(read_rgb(p) for p in ds.train["gt_path"])
+    test = ds.test.iloc[[3, 0, 5, 1, 4, 2]]  # an order that is not the names': the zip keeps the frame's
+    serial = write_submission(model, test, tmp_path / "serial.zip", progress=False)
+    monkeypatch.setattr(predict, "DECODE_CHUNK", 1)  # six tasks, two in flight: the queue turns over
+    monkeypatch.setattr(ray_local, "cluster_resources", lambda: {"CPU": 1})
+    parallel = write_submission(model, test, tmp_path / "parallel.zip", progress=False, parallel=True)
+    with zipfile.ZipFile(serial) as a, zipfile.ZipFile(parallel) as b:
+        assert a.namelist() == b.namelist() == list(test["name"])
+        assert all(a.read(n) == b.read(n) for n in a.namelist())
+
+    def broken(prior, items):
+        raise RuntimeError("decoding failed")
+
+    monkeypatch.setattr(predict, "decode_chunk", broken)
+    with pytest.raises(Exception, match="decoding failed"):
+        write_submission(model, test, tmp_path / "failed.zip", progress=False, parallel=True)
+    assert not (tmp_path / "failed.zip").exists()

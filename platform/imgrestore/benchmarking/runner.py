@@ -285,12 +285,14 @@ def score_all(test, prior, champ: dict, side: dict, pre, data_dir: Path, hue_pri
 
 def submission_check(model, test, data_dir: Path, out: Path) -> dict:
     """The champion through the real path: `write_submission` (checked zip), then `score_directory`."""
+    import ray
+
     from imgrestore.metrics import score_directory
     from imgrestore.submission.predict import write_submission
 
     frame = pd.DataFrame({"name": [im.name for im in test],
                           "input_path": [str(data_dir / "test_input" / im.name) for im in test]})
-    zip_path = write_submission(model, frame, out, progress=False)
+    zip_path = write_submission(model, frame, out, progress=False, parallel=ray.is_initialized())
     _, summary = score_directory(zip_path, data_dir / "test_input", data_dir / "test_gt")
     return summary
 
