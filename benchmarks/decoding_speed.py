@@ -144,7 +144,8 @@ def section(measured: tuple[list[dict], list[dict]], args, argv) -> str:
         lines.append(f"| {r['kind']} | {r['n']} | {r['here'] / r['n']:.2f} | {r['tasks'] / r['n']:.2f} | "
                      f"{r['here'] / r['tasks']:.1f}x | {'yes' if r['same'] else 'NO'} |")
     lines += ["", "The submission (`write_submission`, the restorer in the driver, `parallel=True` sends the decoding "
-              f"to Ray tasks of up to {DECODE_CHUNK} images; wall time per image, PNG encoding and the zip's check included):",
+              f"to Ray tasks of up to {DECODE_CHUNK} images; wall time per image, PNG encoding and the zip's check "
+              "included):",
               "", "| restorer | images | one process (s/image) | Ray tasks (s/image) | speed-up | same zip |",
               "|---|---:|---:|---:|---:|---|"]
     for r in submissions:
