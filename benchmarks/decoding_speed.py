@@ -63,7 +63,7 @@ def restorations(truths: list[np.ndarray], gain: float) -> list[tuple]:
     return out
 
 
-def measure(args) -> list[dict]:
+def measure(args) -> tuple[list[dict], list[dict]]:
     import ray
 
     pics = photos(args.photos, args.size, args.images + 20)

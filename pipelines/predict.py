@@ -12,7 +12,7 @@ steered towards the training photos' mean hue histogram by faint chroma, each pi
 exactly; a search with `hue_prior: true` keeps it for the champion when it scores higher on validation).
 --hue-prior DACON_DIR: decode with a prior fitted on DACON_DIR's training truths instead (any restorer, classical
 ones alike); --no-hue-prior: decode without one. Decoding costs ~1 s a 256 px image on a CPU core (~4 s at 512 px):
---workers N decodes on N cores (Ray tasks; the network stays in this process), the same zip byte for byte.
+--workers N decodes on N cores (Ray tasks of a local Ray; the network stays in this process), the same PNGs.
 
 An existing --out is replaced only if it is a submission zip imgrestore wrote (its comment names the run that
 wrote it, and the replacement is announced); any other file there is an error unless --overwrite is given.
@@ -96,7 +96,7 @@ def write_in_workers(workers: int, model, test, out, **kw) -> Path:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)  # not a cluster's
     try:
         return write_submission(model, test, out, parallel=True, **kw)
     finally:

@@ -154,6 +154,8 @@ def champion_lines(res) -> list[str]:
         out.append(f"- the champion on every fold of the training set (a fold's hue prior fitted on the other "
                    f"folds; the mean of the fold means): {folds.text()}; every-fold − test "
                    f"{folds.score - test_score(c):+.4f}.")
+    elif champ.get("folds_error"):
+        out.append(f"- the champion could not be scored on every fold: {champ['folds_error']}.")
     if BEST_TRIAL in q:
         out.append(f"- the best trial (polished) on the test set: {fmt(test_score(q[BEST_TRIAL]), 4)}; best trial − "
                    f"`{short(bc)}` {paired_text(q[BEST_TRIAL], q[bc])}.")

@@ -175,14 +175,14 @@ def champion(cfg: BenchConfig, space, outcome, split_csv, data_dir: Path) -> dic
     if sel.error:
         print(f"[benchmark] warning: {sel.error}", flush=True)
         return {"choice": sel.choice, "trial": None, "error": sel.error, "baselines": outcome.baselines,
-                "classical_dir": classical_dir, "folds": sel.folds}
+                "classical_dir": classical_dir, "folds": sel.folds, "folds_error": sel.folds_error}
     polished, row = sel.polished, sel.best_epoch
     trial = {"id": row.get("trial_id"), "epoch": int(row["epoch"]), "config": sel.best.config,
              "dir": str(out / "trial"), "base_prefill": load_model(out / "trial").prefill_method,
              "prefill": polished.prefill, "decoding": polished.decoding, "score": polished.score,
              "scores": polished.scores, "polished_dir": str(polished.checkpoint)}
     return {"choice": sel.choice, "trial": trial, "baselines": outcome.baselines, "classical_dir": classical_dir,
-            "folds": sel.folds}
+            "folds": sel.folds, "folds_error": sel.folds_error}
 
 
 def champion_model(champ: dict):

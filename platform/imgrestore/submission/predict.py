@@ -60,7 +60,7 @@ def restore(model: torch.nn.Module, gray: np.ndarray, mask: np.ndarray, device="
 def decode_chunk(prior, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """`prior.transform` of each (restoration, mask): a Ray task's work in a parallel write_submission (one
     torch thread: one task per CPU). The decoding's random field has a fixed seed, so a restoration decodes to
-    the same bytes here as in `restore`."""
+    the same image here as in `restore` (tested; see write_submission)."""
     torch.set_num_threads(1)
     return [prior.transform(rgb, np.asarray(mask, dtype=bool)) for rgb, mask in items]
 
@@ -135,16 +135,18 @@ def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.P
     The zip's comment is `comment` (default: `submission_comment()`, naming the running script); a file
     already at `out` is replaced, and what it was is printed (logged) first. Returns the zip's path.
     `parallel` (Ray initialised): a hue prior's decoding, seconds an image on a CPU at 512 px, runs in Ray tasks
-    beside the network (which stays here, on `device`); the zip is the same, byte for byte.
+    beside the network (which stays here, on `device`); the same PNGs (the decoding is seeded; only its float
+    sums' rounding could differ with another number of torch threads: tested equal here, 2 threads against 1).
     """
     out = Path(out)
     model = model.to(device).eval()
     reports = {}
-    rows = tqdm(list(test.itertuples(index=False)), desc="restoring test set", disable=not progress)
+    rows = list(test.itertuples(index=False))
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are already compressed
             zf.comment = (comment or submission_comment()).encode()[:65535]
-            for name, rgb in _restorations(model, rows, reports, device, parallel):
+            restored = _restorations(model, rows, reports, device, parallel)
+            for name, rgb in tqdm(restored, total=len(rows), desc="restoring test set", disable=not progress):
                 buf = io.BytesIO()
                 Image.fromarray(rgb, "RGB").save(buf, format="PNG")
                 zf.writestr(name, buf.getvalue())
@@ -195,22 +197,30 @@ def _decoded_in_tasks(prior, items, n: int):
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     chunk, cap = max(1, min(DECODE_CHUNK, -(-n // cpus))), 2 * cpus
     prior_ref, pending, batch = ray.put(prior), deque(), []
+
+    def send():
+        pending.append(([name for name, _, _ in batch], task.remote(prior_ref, [(r, m) for _, r, m in batch])))
+        batch.clear()
+
+    def oldest():  # the oldest first: the zip's order is the test frame's; it leaves `pending` once it is done
+        names, ref = pending[0]
+        decoded = ray.get(ref)
+        pending.popleft()
+        return zip(names, decoded)
+
     try:
-        for name, rgb, mask in items:
-            batch.append((name, rgb, mask))
+        for item in items:
+            batch.append(item)
             if len(batch) == chunk:
-                pending.append(([n for n, _, _ in batch], task.remote(prior_ref, [(r, m) for _, r, m in batch])))
-                batch = []
-            while len(pending) >= cap:  # the oldest first: the zip's order is the test frame's
-                names, ref = pending.popleft()
-                yield from zip(names, ray.get(ref))
+                send()
+            while len(pending) >= cap:
+                yield from oldest()
         if batch:
-            pending.append(([n for n, _, _ in batch], task.remote(prior_ref, [(r, m) for _, r, m in batch])))
+            send()
         while pending:
-            names, ref = pending.popleft()
-            yield from zip(names, ray.get(ref))
+            yield from oldest()
     finally:
-        for _, ref in pending:  # an error (reading, restoring, a task) leaves no task running on
+        for _, ref in pending:  # an error or an interrupt (reading, restoring, a task) leaves no task running on
             ray.cancel(ref)
 
 

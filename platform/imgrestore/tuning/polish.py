@@ -105,8 +105,8 @@ def offered(baselines, config: dict):
 @dataclass
 class Selection:
     choice: ChampionChoice
-    checkpoint: Path | None     # the champion's saved model: the trial's polished checkpoint, or the classical
-                                # restorer (None only when a classical champion could not be built)
+    checkpoint: Path            # the champion's saved model: the trial's polished checkpoint, or the classical
+                                # restorer with its prior
     best: object | None         # the best trial's tune.Result
     best_epoch: dict            # the reported row of its best epoch ({} when no trial reported)
     polished: Polished | None
