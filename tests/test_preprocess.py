@@ -168,13 +168,33 @@ def test_tiny_dataset_does_not_crash(ray_local, tmp_path):
 def test_cli_prints_a_summary(done):
     data, _, uri, _ = done
     proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "preprocess.py"), "--data", str(data),
-                           "--folds", "4", "--tracking-uri", uri], capture_output=True, text=True, timeout=300)
+                           "--folds", "4", "--tracking-uri", uri, "--embedder", "effnet-lite0"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "up to date, reused" in proc.stdout and "clusters" in proc.stdout
     assert "cluster backend" in proc.stdout and "cluster placement" in proc.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "pipelines" / "preprocess.py"), "--data", str(data / "nope")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_cli_default_embedder_is_tunes_and_fails_fast_offline(tmp_path):
+    """Without --embedder, preprocess.py embeds as `tune.py --data` does (CLIP geolocal/StreetCLIP), so the search
+    reuses its outputs; with neither the weights cached nor the hub reachable that is an error line in seconds,
+    after the data were validated and before anything was embedded or written."""
+    import os
+    import time
+
+    build_tiny_dacon(tmp_path, crops=1)
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "hf-cache")}
+    env.pop("HF_HUB_OFFLINE", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "preprocess.py"), "--data", str(tmp_path),
+                           "--no-mlflow"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: the default embedder clip:geolocal/StreetCLIP cannot be loaded" in proc.stderr
+    assert "--embedder effnet-lite0" in proc.stderr and time.perf_counter() - t0 < 60
+    assert not (tmp_path / "train_preproc_1.csv").exists()
 
 
 def test_cli_corrupt_image_is_an_error_line(tmp_path, corrupt_png):

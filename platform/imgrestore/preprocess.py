@@ -151,6 +151,34 @@ def load_result(out_dir) -> PreprocessResult:
                             {k: str(v) for k, v in paths.items()}, meta.get("run_id"), reused=True)
 
 
+def check_embedder_weights(embedder: str, data_dir, preprocess_out=None) -> None:
+    """Before any work (pipelines/tune.py: before Ray starts): `default_clip_loadable`, unless the preprocess
+    outputs are up to date and nothing will be embedded."""
+    if stale_reason(data_dir, preprocess_params(embedder=embedder), preprocess_out or data_dir) is not None:
+        default_clip_loadable(embedder)
+
+
+def default_clip_loadable(embedder: str) -> None:
+    """Fail in seconds, not after a minute of hub retries, when `embedder` is the default CLIP model and its
+    weights are neither in the Hugging Face cache nor downloadable (the hub is asked with a 3 s timeout;
+    imgrestore.embedding.hub, which pipelines/doctor.py reports too). Any other embedder: nothing to check
+    (effnet-lite0 needs no network; another CLIP model or folder is the user's explicit choice)."""
+    from imgrestore.embedding.embedders import DEFAULT_CLIP, normalize_spec
+    from imgrestore.embedding.hub import cached_weights, hub_reachable
+
+    if normalize_spec(embedder) != f"clip:{DEFAULT_CLIP}":
+        return
+    cached, where = cached_weights(DEFAULT_CLIP)
+    if cached:
+        return
+    ok, how = hub_reachable(DEFAULT_CLIP)
+    if ok:
+        return
+    raise ValueError(f"the default embedder clip:{DEFAULT_CLIP} cannot be loaded: not in {where}, and the Hugging "
+                     f"Face hub is NOT reachable ({how}). Use --embedder effnet-lite0 (offline: its weights come "
+                     "with the project), or --embedder clip:/path/to/a/model/saved/with/save_pretrained")
+
+
 def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backend: str = "auto",
                    n_folds: int = 5, seed: int = 42, tracking_uri: str | None = None,
                    experiment: str = "preprocess", batch_size: int | None = None, num_actors: int | None = None,
@@ -178,6 +206,7 @@ def run_preprocess(data_dir, out_dir=None, embedder: str = "effnet-lite0", backe
     fingerprint = dataset_fingerprint(data_dir)
     ds = load_dataset(data_dir, require_test=False)
     sources = train_sources(data_dir, ds.train["name"])  # read before the expensive work: a bad file fails now
+    default_clip_loadable(params["embedder"])  # the data first: a bad file is the error to report
     train_paths, test_paths = list(ds.train["gt_path"]), list(ds.test["input_path"])
 
     t0 = time.perf_counter()
