@@ -1,6 +1,6 @@
 """Benchmark: restoration quality against the classical restorers on a held-out set, and the platform's throughput.
 
-    python pipelines/benchmark.py                      # the recorded run (see docs/benchmarks.md), ~1.5 h on 2 cores
+    python pipelines/benchmark.py                      # the recorded run (see docs/benchmarks.md), ~2 h on 2 cores
     python pipelines/benchmark.py --quick              # everything at toy sizes, a few minutes
     python pipelines/benchmark.py --photos DIR --size 128 --train 240 --test 64 --space search_spaces/demo.yaml
 
