@@ -35,7 +35,9 @@ from PIL import Image
 from imgrestore.benchmarking.report import publish
 from imgrestore.models.hue_prior import HuePrior
 from imgrestore.submission.predict import DECODE_CHUNK
-from imgrestore.tuning.decoding import chunk_size, score_restorations
+from imgrestore.ray_tasks import chunk_size
+from imgrestore.tuning.decoding import DECODE_CHUNK as SCORE_CHUNK
+from imgrestore.tuning.decoding import score_restorations
 
 SECTION = "## Hue-prior decoding: in Ray tasks"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "photos"
@@ -78,7 +80,7 @@ def measure(args) -> tuple[list[dict], list[dict]]:
         score_restorations([[item] for item in warm], prior, parallel=True)
         for kind, gain in (("gray", 0.0), (f"faint colour (gain {args.gain})", args.gain)):
             items = restorations(truths, gain)
-            size = chunk_size(len(items))  # as score_decodings chunks them for the tasks
+            size = chunk_size(len(items), SCORE_CHUNK)  # as score_decodings chunks them for the tasks
             chunks = [items[i:i + size] for i in range(0, len(items), size)]
             t = time.perf_counter()
             here = score_restorations(chunks, prior, progress=True)

@@ -75,24 +75,11 @@ def check_inputs(args, saved: Path) -> None:
         load_space(args.space)
 
 
-def load_saved(saved: Path):
-    from imgrestore.benchmarking.runner import RESULT_VERSION
-
-    try:
-        res = pickle.loads(saved.read_bytes())
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as e:
-        raise ValueError(f"{saved}: not a saved benchmark result ({type(e).__name__}: {e})") from None
-    if getattr(res, "version", 1) != RESULT_VERSION:
-        raise ValueError(f"{saved}: saved by another version of the benchmark (result version "
-                         f"{getattr(res, 'version', 1)}, this one reads {RESULT_VERSION}); run the benchmark again")
-    return res
-
-
 def main(argv=None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     from imgrestore.benchmarking import render
     from imgrestore.benchmarking.report import write_sections
-    from imgrestore.benchmarking.runner import BenchConfig, run_benchmark
+    from imgrestore.benchmarking.runner import BenchConfig, load_saved, run_benchmark
     from imgrestore.data.embedded import cache_root
     from imgrestore.data.io import atomic_path
 

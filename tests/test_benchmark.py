@@ -109,6 +109,38 @@ def test_ablations_of_a_luma_only_recipe():
     assert config["model"]["chroma"] == "none" and "hue_hist" not in config["loss"]  # the input is left alone
 
 
+def test_demo_stage_knows_a_photo_by_its_thumbnail():
+    """The demo stage leaves out the held-out photos the demo trained on, whatever their file name: a bundled
+    photo saved smaller under another name is the same photo; two other photos are not."""
+    import numpy as np
+    from PIL import Image
+
+    from imgrestore.benchmarking.demo import photos_trained_on
+    from imgrestore.data.embedded import bundled_photos
+
+    photos = bundled_photos()[:4]
+    demo_train = {photos[0][0], photos[1][0]}
+    smaller = np.asarray(Image.fromarray(photos[0][1]()).resize((200, 150), Image.LANCZOS))
+    test = [("renamed-copy", lambda: smaller), photos[2], photos[3]]
+    assert photos_trained_on(test, photos, demo_train) == {"renamed-copy": photos[0][0]}
+    assert photos_trained_on(test, photos, set()) == {}
+    with pytest.raises(ValueError, match="not bundled photos"):
+        photos_trained_on(test, photos, {"no-such-photo"})
+
+
+def test_demo_space_is_make_demos_unless_quick(tmp_path):
+    from imgrestore.benchmarking.demo import DEMO_SPACE, demo_space
+    from imgrestore.benchmarking.runner import BenchConfig
+    from imgrestore.tuning.space import load_space
+
+    written = load_space(DEMO_SPACE)
+    full = demo_space(BenchConfig(photos="bundled", work=tmp_path), "split.csv")
+    assert full.config == {**written.config, "preproc_csv": "split.csv"} and full.num_samples == written.num_samples
+    assert full.name == "demo-benchmark"
+    quick = demo_space(BenchConfig.quick_preset(photos="bundled", work=tmp_path), "split.csv")
+    assert quick.num_samples == 1 and quick.config["epochs"] == 1 and quick.config["image_size"] == 64
+
+
 def test_quick_space_fits_64_px(tmp_path):
     from imgrestore.benchmarking.runner import BenchConfig, bench_space
     from imgrestore.tuning.space import load_space
@@ -161,6 +193,18 @@ def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
     assert "held-out test: " in champion and "validation: polish scored " in champion
     if "A learned family won: no" in champion:  # a classical champion is scored on every fold too, as tune.py does
         assert "the champion on every fold of the training set" in champion and "every-fold − test " in champion
+    demo = text[text.index("### The demo's champion"):text.index("### Ablations")]
+    assert "search_spaces/demo.yaml` at the quick run's toy sizes on the embedded dataset" in demo
+    demo_rows = tables_under(text, "### The demo's champion (`make demo`, run inside this benchmark)")[0]
+    from imgrestore.benchmarking.render_quality import short
+
+    assert demo_rows[0]["method"] == "demo champion" and [r["method"] for r in demo_rows[1:]] == \
+        [short(m) for m in methods]  # every row of the main table, on the demo's images
+    n_unseen = int(demo_rows[0]["images"])  # these seeds: the demo trained on some, not all, of the 6 test photos
+    assert 1 <= n_unseen < 6 and {int(r["images"]) for r in demo_rows} == {n_unseen}
+    for row in demo_rows:
+        assert math.isfinite(number(row["score"])) and -1 <= number(row["score"]) <= 1
+    assert all(r["demo champion − method (mean ± s.e.)"].startswith(("+", "-")) for r in demo_rows[1:])
     ablations = tables_under(text, "### Ablations")[0]
     labels = [r["ablation"].split(" ")[0] for r in ablations]
     assert labels == ["polish:", "(f)", "(a)", "(b)", "(d)", "(g)"]  # cpu.yaml's recipe: luma only, metric-M loss

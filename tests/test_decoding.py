@@ -49,7 +49,7 @@ def test_decoding_in_ray_tasks_scores_as_decoding_here(tiny_dacon, split, ray_lo
     prior = fit_prior(train)
     dataset = RestorationDataset(val, None)
     model = create_model("telea").eval()
-    assert decoding.chunk_size(5) == 3 and decoding.chunk_size(100) == decoding.DECODE_CHUNK  # 2 CPUs
+    assert decoding.chunk_size(5, 8) == 3 and decoding.chunk_size(100, 8) == 8  # 2 CPUs
     here = score_decodings(model, dataset, 5, prior)
 
     def not_here(*args):

@@ -67,7 +67,7 @@ def quality_section(res) -> str:
               "task each, side by side; each tested at its best validation epoch",
               "- masks: every method restores with `detect_mask(input)` as at test time; the metric uses the true "
               "mask (`input != gray(truth)`); validation (val score) feeds the true mask, as training does", ""]
-    lines += main_table(res) + [""] + champion_lines(res) + [""] + ablation_lines(res) + [""]
+    lines += main_table(res) + [""] + champion_lines(res) + [""] + demo_lines(res) + [""] + ablation_lines(res) + [""]
     lines += per_cluster(res) + [""] + notes(res)
     return "\n".join(lines) + "\n"
 
@@ -160,6 +160,44 @@ def champion_lines(res) -> list[str]:
         out.append(f"- the best trial (polished) on the test set: {fmt(test_score(q[BEST_TRIAL]), 4)}; best trial − "
                    f"`{short(bc)}` {paired_text(q[BEST_TRIAL], q[bc])}.")
     return out
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def demo_lines(res) -> list[str]:
+    """`make demo`'s champion (trained inside this run) beside every row of the main table, on the held-out
+    images of photos the demo never trained on."""
+    d = res.demo
+    if d is None:
+        return []
+    choice, trial = d["choice"], d["trial"]
+    how = (f"trial {trial['id']}, epoch {trial['epoch']}, per image on its validation {choice.advantage.text()} "
+           f"over `{choice.best_classical}`" if choice.kind == "trial" and choice.advantage else
+           f"the classical restorer `{label(choice.name, choice.decoding)}` (no trial could {choice.rule()})"
+           if choice.kind == "classical" else f"trial {trial['id']}, epoch {trial['epoch']}")
+    as_run = "at the quick run's toy sizes" if res.cfg.quick else "as `make demo` runs it"
+    out = ["### The demo's champion (`make demo`, run inside this benchmark)", "",
+           f"- `{d['space']}` {as_run} on "
+           f"the embedded dataset `{d['data']}` ({d['n_train']} training crops of {d['train_photos']} bundled "
+           f"photos): {plural(d['n_trials'], 'trial')} of {plural(d['epochs'], 'epoch')}; champion {model_desc(d['model'])}, {how}. "
+           f"The whole stage took {fmt(d['wall_s'], 0)} s.",
+           f"- the images: those of the {d['n_test']} held-out images whose photo the demo never trained on; left "
+           f"out: {len(d['same'])} of the {d['test_photos']} test photos, demo training photos by their thumbnail ("
+           + (", ".join(f"{b} = {t}" for b, t in sorted(d["same"].items())) or "none") + ")."]
+    if d["frame"] is None:
+        return out + ["- every held-out photo was a photo the demo trained on: nothing to score."]
+    ref = {"frame": d["frame"]}
+    names = list(d["frame"]["name"])
+    rows = [["demo champion", len(names)] + [fmt(d["frame"][k].mean()) for k in ("ssim", "masked_ssim", "hist_sim")]
+            + [fmt(d["frame"]["score"].mean(), 4), "-"]]
+    for name, r in res.quality.items():
+        f = r["frame"].set_index("name").loc[names].reset_index()
+        rows.append([short(name), len(f)] + [fmt(f[k].mean()) for k in ("ssim", "masked_ssim", "hist_sim")]
+                    + [fmt(f["score"].mean(), 4), paired_text(ref, {"frame": f})])
+    return out + ["", *table(["method", "images", "S", "M", "C", "score", "demo champion − method (mean ± s.e.)"],
+                             rows, "lrrrrrl")]
 
 
 def ablation_lines(res) -> list[str]:

@@ -4,13 +4,15 @@ Stages: build (or reuse) a DACON dataset from photos -> preprocess (embeddings, 
 -> the search (Ray Tune, the classical restorers scored on its validation images first) -> the champion as
 pipelines/tune.py picks it (best checkpoint, prefill polish, classical restorers) -> the ablations of the best
 trial's config and the seed's recipe (1-CPU Ray tasks side by side) -> every method on the held-out test set
--> 512 px inference -> embedding throughput -> UMAP / HDBSCAN sizes.
+-> `make demo`'s search and champion (benchmarking.demo), scored on the held-out images of photos it never trained
+on -> 512 px inference -> embedding throughput -> UMAP / HDBSCAN sizes.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,11 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from imgrestore.benchmarking import demo as demo_stage
 from imgrestore.benchmarking import quality, throughput
 from imgrestore.benchmarking.report import Stages, load_average, machine_info, model_desc
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository (platform/imgrestore/benchmarking/runner.py)
-RESULT_VERSION = 2  # bumped when BenchResult changes: --rerender refuses an older saved result
+RESULT_VERSION = 3  # bumped when BenchResult changes: --rerender refuses an older saved result
 CHAMPION, BEST_TRIAL, SEED = "platform champion", "best trial (lost on validation)", "seed recipe, KFold validation"
 UNPOLISHED = "(f) no prefill polish"
 
@@ -69,8 +72,22 @@ class BenchResult:
     clustering: dict
     stages: list
     load_end: str = ""
+    demo: dict | None = None           # make demo's champion on the held-out images of photos it never trained on
     version: int = RESULT_VERSION
     notes: list = field(default_factory=list)
+
+
+def load_saved(saved: Path) -> BenchResult:
+    """A result `pipelines/benchmark.py` saved (its --work/last_result.pkl), refused when another version of the
+    benchmark wrote it."""
+    try:
+        res = pickle.loads(Path(saved).read_bytes())
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as e:
+        raise ValueError(f"{saved}: not a saved benchmark result ({type(e).__name__}: {e})") from None
+    if getattr(res, "version", 1) != RESULT_VERSION:
+        raise ValueError(f"{saved}: saved by another version of the benchmark (result version "
+                         f"{getattr(res, 'version', 1)}, this one reads {RESULT_VERSION}); run the benchmark again")
+    return res
 
 
 # -- data and the space -----------------------------------------------------------------------------------------
@@ -159,14 +176,14 @@ def search(cfg: BenchConfig, space, data_dir: Path):
     return outcome, info
 
 
-def champion(cfg: BenchConfig, space, outcome, split_csv, data_dir: Path) -> dict:
-    """Exactly pipelines/tune.py's choice (imgrestore.tuning.polish.select_champion)."""
+def champion(cfg: BenchConfig, space, outcome, split_csv, data_dir: Path, out_name: str = "champion") -> dict:
+    """Exactly pipelines/tune.py's choice (imgrestore.tuning.polish.select_champion), kept in --work/`out_name`."""
     import ray
 
     from imgrestore.training.checkpoint import load_model
     from imgrestore.tuning.polish import select_champion
 
-    out = cfg.work / "champion"
+    out = cfg.work / out_name
     shutil.rmtree(out, ignore_errors=True)
     sel = select_champion(outcome, space, split_csv, out, data_dir, parallel=ray.is_initialized())
     if sel.folds_error:
@@ -356,6 +373,8 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
         champ["submission"] = submission_check(champion_model(champ), test, data_dir,
                                                cfg.work / "champion_submission.zip")
         images = throughput.inference_images([im.gt for im in test], cfg.infer_images, cfg.infer_size, cfg.seed)
+        demo = stages.run("make demo's search and champion (embedded dataset)", demo_stage.run_demo, cfg, test,
+                          data_dir, photo_sources(cfg.photos)[0])
         inference = stages.run(f"inference at {cfg.infer_size} px", throughput.bench_inference,
                                inference_models(space, champ, side), images)
         ds = pd.read_csv(data_dir / "train.csv")
@@ -373,4 +392,4 @@ def run_benchmark(cfg: BenchConfig) -> BenchResult:
     return BenchResult(cfg, machine, dataset, {**pre.summary, "reused": pre.reused, "train_cluster_counts": counts},
                        scores, ablations, champ, throughput.trial_rows(outcome.results), search_info,
                        inference, embedding, {"warmup_s": warm, "rows": cl_rows, "dim": dim}, stages.rows,
-                       load_end=load_average())
+                       load_end=load_average(), demo=demo)

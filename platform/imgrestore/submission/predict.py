@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from imgrestore.data.io import atomic_path, read_gray, write_csv
 from imgrestore.data.masks import detect_regions, summarize
+from imgrestore.ray_tasks import batched, chunk_size, ordered_map
 from imgrestore.submission.rules import PredictionError, check_names, format_problems, read_member, read_prediction
 from imgrestore.training.data import to_tensors, to_uint8_restored
 
@@ -185,43 +186,11 @@ def _restorations(model, rows, reports: dict, device, parallel: bool):
 
 def _decoded_in_tasks(prior, items, n: int):
     """(name, decoded RGB) of each of the `n` (name, restoration, mask) `items`, decoded in Ray tasks of up to
-    DECODE_CHUNK images (fewer when that would leave CPUs idle), in order; at most two tasks per CPU in flight,
-    so few images wait in Ray's object store (a test set can be thousands of 512 px images)."""
-    from collections import deque
-
-    import ray
-
-    if not ray.is_initialized():
-        raise RuntimeError("parallel decoding needs Ray initialised (ray.init)")
-    task = ray.remote(num_cpus=1, max_retries=0)(decode_chunk)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    chunk, cap = max(1, min(DECODE_CHUNK, -(-n // cpus))), 2 * cpus
-    prior_ref, pending, batch = ray.put(prior), deque(), []
-
-    def send():
-        pending.append(([name for name, _, _ in batch], task.remote(prior_ref, [(r, m) for _, r, m in batch])))
-        batch.clear()
-
-    def oldest():  # the oldest first: the zip's order is the test frame's; it leaves `pending` once it is done
-        names, ref = pending[0]
-        decoded = ray.get(ref)
-        pending.popleft()
-        return zip(names, decoded)
-
-    try:
-        for item in items:
-            batch.append(item)
-            if len(batch) == chunk:
-                send()
-            while len(pending) >= cap:
-                yield from oldest()
-        if batch:
-            send()
-        while pending:
-            yield from oldest()
-    finally:
-        for _, ref in pending:  # an error or an interrupt (reading, restoring, a task) leaves no task running on
-            ray.cancel(ref)
+    DECODE_CHUNK images (fewer when that would leave CPUs idle), in order (`imgrestore.ray_tasks.ordered_map`)."""
+    jobs = (([name for name, _, _ in batch], [(r, m) for _, r, m in batch])
+            for batch in batched(items, chunk_size(n, DECODE_CHUNK)))
+    for names, decoded in ordered_map(decode_chunk, prior, jobs):
+        yield from zip(names, decoded)
 
 
 def _say(line: str, progress: bool) -> None:

@@ -16,7 +16,6 @@ applies it, so the submission decodes exactly as validation did.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from imgrestore.data.io import read_rgb
 from imgrestore.metrics import KEYS, score_image
 from imgrestore.models.hue_prior import HuePrior
+from imgrestore.ray_tasks import chunk_size, ordered_map
 from imgrestore.training.data import to_uint8_rgb
 
 PRIOR_IMAGES = 2000
@@ -61,23 +61,8 @@ def score_decodings(model, dataset, limit: int, prior: HuePrior | None, device="
     if getattr(model, "hue_prior", None) is not None:
         raise ValueError("the model already decodes with a hue prior; score it without")
     n = min(len(dataset), limit)
-    size = chunk_size(n) if parallel else DECODE_CHUNK
+    size = chunk_size(n, DECODE_CHUNK) if parallel else DECODE_CHUNK
     return score_restorations(_restored(model, dataset, n, device, size), prior, progress, parallel, total=n)
-
-
-def chunk_size(n: int) -> int:
-    """Images per decoding task: at most DECODE_CHUNK, fewer when that would leave some of the cluster's CPUs
-    without a task."""
-    import ray
-
-    cpus = _cluster_cpus() if ray.is_initialized() else 1
-    return max(1, min(DECODE_CHUNK, math.ceil(n / cpus)))
-
-
-def _cluster_cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 @torch.no_grad()
@@ -122,35 +107,11 @@ def _here(chunks, prior: HuePrior | None, bar) -> list[tuple[dict, dict | None]]
 
 
 def _in_tasks(chunks, prior: HuePrior | None, bar) -> list[tuple[dict, dict | None]]:
-    import ray
-
-    if not ray.is_initialized():
-        raise RuntimeError("parallel decoding needs Ray initialised (ray.init)")
-    task = ray.remote(num_cpus=1, max_retries=0)(_score_chunk_task)
-    cap = 2 * _cluster_cpus()
-    prior_ref = ray.put(prior)
-    refs, sizes, running = [], {}, []
-
-    def wait_one():
-        done, rest = ray.wait(running, num_returns=1)
-        running[:] = rest
-        bar.update(sizes[done[0]])
-
-    try:
-        for chunk in chunks:
-            while len(running) >= cap:
-                wait_one()
-            ref = task.remote(prior_ref, chunk)
-            refs.append(ref)
-            running.append(ref)
-            sizes[ref] = len(chunk)
-        while running:
-            wait_one()
-        return [pair for part in ray.get(refs) for pair in part]
-    except BaseException:
-        for ref in running:  # an error here (restoring, a task) leaves no task running on
-            ray.cancel(ref)
-        raise
+    out = []
+    for _, part in ordered_map(_score_chunk_task, prior, ((None, chunk) for chunk in chunks)):
+        out += part
+        bar.update(len(part))
+    return out
 
 
 def _score_chunk_task(prior: HuePrior | None, items: list) -> list[tuple[dict, dict | None]]:
