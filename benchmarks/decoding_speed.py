@@ -34,8 +34,8 @@ from PIL import Image
 
 from imgrestore.benchmarking.report import publish
 from imgrestore.models.hue_prior import HuePrior
-from imgrestore.submission.predict import DECODE_CHUNK
 from imgrestore.ray_tasks import chunk_size
+from imgrestore.submission.predict import DECODE_CHUNK
 from imgrestore.tuning.decoding import DECODE_CHUNK as SCORE_CHUNK
 from imgrestore.tuning.decoding import score_restorations
 

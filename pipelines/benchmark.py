@@ -62,7 +62,9 @@ def parse_args(argv=None):
 
 def check_inputs(args, saved: Path) -> None:
     """The ordinary input errors, found in seconds instead of minutes into the run."""
+    from imgrestore.benchmarking.demo import DEMO_SPACE
     from imgrestore.data.build import photos_in
+    from imgrestore.data.embedded import bundled_photos
     from imgrestore.tuning.space import load_space
 
     if args.rerender:
@@ -73,6 +75,8 @@ def check_inputs(args, saved: Path) -> None:
         photos_in(args.photos)
     if args.space:
         load_space(args.space)
+    load_space(DEMO_SPACE)  # the demo stage's, hours into the run
+    bundled_photos()  # its training photos: those inside installed packages must be there
 
 
 def main(argv=None) -> int:

@@ -115,15 +115,16 @@ def test_demo_stage_knows_a_photo_by_its_thumbnail():
     import numpy as np
     from PIL import Image
 
-    from imgrestore.benchmarking.demo import photos_trained_on
+    from imgrestore.benchmarking.demo import SAME_PHOTO, photos_trained_on
     from imgrestore.data.embedded import bundled_photos
 
     photos = bundled_photos()[:4]
     demo_train = {photos[0][0], photos[1][0]}
     smaller = np.asarray(Image.fromarray(photos[0][1]()).resize((200, 150), Image.LANCZOS))
     test = [("renamed-copy", lambda: smaller), photos[2], photos[3]]
-    assert photos_trained_on(test, photos, demo_train) == {"renamed-copy": photos[0][0]}
-    assert photos_trained_on(test, photos, set()) == {}
+    found, nearest_kept = photos_trained_on(test, photos, demo_train)
+    assert found == {"renamed-copy": photos[0][0]} and SAME_PHOTO < nearest_kept < float("inf")
+    assert photos_trained_on(test, photos, set()) == ({}, float("inf"))
     with pytest.raises(ValueError, match="not bundled photos"):
         photos_trained_on(test, photos, {"no-such-photo"})
 
@@ -196,10 +197,8 @@ def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
     demo = text[text.index("### The demo's champion"):text.index("### Ablations")]
     assert "search_spaces/demo.yaml` at the quick run's toy sizes on the embedded dataset" in demo
     demo_rows = tables_under(text, "### The demo's champion (`make demo`, run inside this benchmark)")[0]
-    from imgrestore.benchmarking.render_quality import short
-
-    assert demo_rows[0]["method"] == "demo champion" and [r["method"] for r in demo_rows[1:]] == \
-        [short(m) for m in methods]  # every row of the main table, on the demo's images
+    assert demo_rows[0]["method"] == "demo champion" and [r["method"] for r in demo_rows[1:]] == methods
+    assert "the nearest photo kept is " in demo  # every row of the main table, on the demo's images, above
     n_unseen = int(demo_rows[0]["images"])  # these seeds: the demo trained on some, not all, of the 6 test photos
     assert 1 <= n_unseen < 6 and {int(r["images"]) for r in demo_rows} == {n_unseen}
     for row in demo_rows:

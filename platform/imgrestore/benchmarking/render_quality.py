@@ -6,6 +6,7 @@ says how each figure was measured.
 from __future__ import annotations
 
 
+from imgrestore.benchmarking.demo import SAME_PHOTO
 from imgrestore.benchmarking.report import fmt, header, model_desc, table
 from imgrestore.benchmarking.runner import BEST_TRIAL, CHAMPION, SEED
 from imgrestore.tuning.baselines import PairedAdvantage, label
@@ -172,20 +173,29 @@ def demo_lines(res) -> list[str]:
     d = res.demo
     if d is None:
         return []
+    out = ["### The demo's champion (`make demo`, run inside this benchmark)", ""]
+    if d.get("failed"):
+        return out + [f"- the demo stage failed: {d['failed']}"]
     choice, trial = d["choice"], d["trial"]
-    how = (f"trial {trial['id']}, epoch {trial['epoch']}, per image on its validation {choice.advantage.text()} "
-           f"over `{choice.best_classical}`" if choice.kind == "trial" and choice.advantage else
-           f"the classical restorer `{label(choice.name, choice.decoding)}` (no trial could {choice.rule()})"
-           if choice.kind == "classical" else f"trial {trial['id']}, epoch {trial['epoch']}")
+    if choice.kind == "classical":
+        how = (f"the classical restorer `{label(choice.name, choice.decoding)}` ("
+               + (f"no trial left a checkpoint: {d.get('error')})" if trial is None
+                  else f"no trial could {choice.rule()})"))
+    else:
+        how = f"trial {trial['id']}, epoch {trial['epoch']}" + (
+            f", per image on its validation {choice.advantage.text()} over `{choice.best_classical}`"
+            if choice.advantage else "")
     as_run = "at the quick run's toy sizes" if res.cfg.quick else "as `make demo` runs it"
-    out = ["### The demo's champion (`make demo`, run inside this benchmark)", "",
-           f"- `{d['space']}` {as_run} on "
-           f"the embedded dataset `{d['data']}` ({d['n_train']} training crops of {d['train_photos']} bundled "
-           f"photos): {plural(d['n_trials'], 'trial')} of {plural(d['epochs'], 'epoch')}; champion {model_desc(d['model'])}, {how}. "
-           f"The whole stage took {fmt(d['wall_s'], 0)} s.",
-           f"- the images: those of the {d['n_test']} held-out images whose photo the demo never trained on; left "
-           f"out: {len(d['same'])} of the {d['test_photos']} test photos, demo training photos by their thumbnail ("
-           + (", ".join(f"{b} = {t}" for b, t in sorted(d["same"].items())) or "none") + ")."]
+    nearest = d.get("nearest_kept")
+    out += [f"- `{d['space']}` {as_run} on the embedded dataset `{d['data']}` ({d['n_train']} training crops of "
+            f"{d['train_photos']} bundled photos): {plural(d['n_trials'], 'trial')} of "
+            f"{plural(d['epochs'], 'epoch')}; champion {model_desc(d['model'])}, {how}. The whole stage took "
+            f"{fmt(d['wall_s'], 0)} s.",
+            f"- the images: those of the {d['n_test']} held-out images whose photo the demo never trained on; left "
+            f"out: {len(d['same'])} of the {d['test_photos']} test photos, demo training photos by their thumbnail ("
+            + (", ".join(f"{b} = {t}" for b, t in sorted(d["same"].items())) or "none") + ")"
+            + ("" if nearest is None else f"; the nearest photo kept is {fmt(nearest, 1)} gray levels from any demo "
+               f"training photo (a photo is the same below {SAME_PHOTO:g})") + "."]
     if d["frame"] is None:
         return out + ["- every held-out photo was a photo the demo trained on: nothing to score."]
     ref = {"frame": d["frame"]}
@@ -194,7 +204,7 @@ def demo_lines(res) -> list[str]:
             + [fmt(d["frame"]["score"].mean(), 4), "-"]]
     for name, r in res.quality.items():
         f = r["frame"].set_index("name").loc[names].reset_index()
-        rows.append([short(name), len(f)] + [fmt(f[k].mean()) for k in ("ssim", "masked_ssim", "hist_sim")]
+        rows.append([name, len(f)] + [fmt(f[k].mean()) for k in ("ssim", "masked_ssim", "hist_sim")]
                     + [fmt(f["score"].mean(), 4), paired_text(ref, {"frame": f})])
     return out + ["", *table(["method", "images", "S", "M", "C", "score", "demo champion − method (mean ± s.e.)"],
                              rows, "lrrrrrl")]

@@ -13,6 +13,7 @@ path never overwrite each other silently.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -146,11 +147,12 @@ def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.P
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are already compressed
             zf.comment = (comment or submission_comment()).encode()[:65535]
-            restored = _restorations(model, rows, reports, device, parallel)
-            for name, rgb in tqdm(restored, total=len(rows), desc="restoring test set", disable=not progress):
-                buf = io.BytesIO()
-                Image.fromarray(rgb, "RGB").save(buf, format="PNG")
-                zf.writestr(name, buf.getvalue())
+            # closed here, not whenever the traceback is freed: an error in this loop cancels the decoding tasks
+            with contextlib.closing(_restorations(model, rows, reports, device, parallel)) as restored:
+                for name, rgb in tqdm(restored, total=len(rows), desc="restoring test set", disable=not progress):
+                    buf = io.BytesIO()
+                    Image.fromarray(rgb, "RGB").save(buf, format="PNG")
+                    zf.writestr(name, buf.getvalue())
         check_submission(tmp, test)
         if out.exists():  # checked now, not at the start: another run may have written it meanwhile
             _say(f"replacing {out}: {zip_writer(out) or 'a file imgrestore did not write'}", progress)
