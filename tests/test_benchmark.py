@@ -197,10 +197,11 @@ def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
     demo = text[text.index("### The demo's champion"):text.index("### Ablations")]
     assert "search_spaces/demo.yaml` at the quick run's toy sizes on the embedded dataset" in demo
     demo_rows = tables_under(text, "### The demo's champion (`make demo`, run inside this benchmark)")[0]
-    assert demo_rows[0]["method"] == "demo champion" and [r["method"] for r in demo_rows[1:]] == methods
-    assert "the nearest photo kept is " in demo  # every row of the main table, on the demo's images, above
+    assert demo_rows[0]["method"] == "demo champion" and [r["method"] for r in demo_rows[1:]] == methods  # all
+    assert "the nearest photo kept is " in demo
     n_unseen = int(demo_rows[0]["images"])  # these seeds: the demo trained on some, not all, of the 6 test photos
     assert 1 <= n_unseen < 6 and {int(r["images"]) for r in demo_rows} == {n_unseen}
+    assert f"- The demo's champion on the {n_unseen} held-out images of photos it never trained on: " in text
     for row in demo_rows:
         assert math.isfinite(number(row["score"])) and -1 <= number(row["score"]) <= 1
     assert all(r["demo champion − method (mean ± s.e.)"].startswith(("+", "-")) for r in demo_rows[1:])

@@ -305,6 +305,16 @@ def notes(res) -> list[str]:
         out.append("- Ablation rows against (f) on the test set (mean per-image Δ): " + "; ".join(
             f"{k} than (f): {', '.join(v)}" if k != "within two standard errors" else f"{k} of (f): {', '.join(v)}"
             for k, v in verdict.items() if v) + ".")
+    d = res.demo
+    if d and not d.get("failed") and d["frame"] is not None:
+        names = list(d["frame"]["name"])
+        on_demo = {n: {"frame": r["frame"].set_index("name").loc[names].reset_index()} for n, r in q.items()}
+        bc_demo = max((n for n in q if q[n]["kind"] == "classical"), key=lambda n: test_score(on_demo[n]))
+        demo = {"frame": d["frame"]}
+        out.append(f"- The demo's champion on the {len(names)} held-out images of photos it never trained on: "
+                   f"{fmt(test_score(demo), 4)}; demo − the best classical restorer on those images ({short(bc_demo)}) "
+                   f"{paired_text(demo, on_demo[bc_demo])}; demo − the platform champion "
+                   f"{paired_text(demo, on_demo[CHAMPION])}.")
     sub = res.champion.get("submission")
     if sub:
         out.append(f"- Cross-check through the submission path (`write_submission` zip scored by `score_directory`): "
