@@ -167,6 +167,11 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def on_images(row: dict, names: list[str]) -> dict:
+    """A row of the main table restricted to the images `names` (the demo's), in that order."""
+    return {"frame": row["frame"].set_index("name").loc[names].reset_index()}
+
+
 def demo_lines(res) -> list[str]:
     """`make demo`'s champion (trained inside this run) beside every row of the main table, on the held-out
     images of photos the demo never trained on."""
@@ -203,7 +208,7 @@ def demo_lines(res) -> list[str]:
     rows = [["demo champion", len(names)] + [fmt(d["frame"][k].mean()) for k in ("ssim", "masked_ssim", "hist_sim")]
             + [fmt(d["frame"]["score"].mean(), 4), "-"]]
     for name, r in res.quality.items():
-        f = r["frame"].set_index("name").loc[names].reset_index()
+        f = on_images(r, names)["frame"]
         rows.append([name, len(f)] + [fmt(f[k].mean()) for k in ("ssim", "masked_ssim", "hist_sim")]
                     + [fmt(f["score"].mean(), 4), paired_text(ref, {"frame": f})])
     return out + ["", *table(["method", "images", "S", "M", "C", "score", "demo champion − method (mean ± s.e.)"],
@@ -308,7 +313,7 @@ def notes(res) -> list[str]:
     d = res.demo
     if d and not d.get("failed") and d["frame"] is not None:
         names = list(d["frame"]["name"])
-        on_demo = {n: {"frame": r["frame"].set_index("name").loc[names].reset_index()} for n, r in q.items()}
+        on_demo = {n: on_images(r, names) for n, r in q.items()}
         bc_demo = max((n for n in q if q[n]["kind"] == "classical"), key=lambda n: test_score(on_demo[n]))
         demo = {"frame": d["frame"]}
         out.append(f"- The demo's champion on the {len(names)} held-out images of photos it never trained on: "

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from imgrestore.data.io import read_rgb
 from imgrestore.metrics import KEYS, score_image
 from imgrestore.models.hue_prior import HuePrior
-from imgrestore.ray_tasks import chunk_size, ordered_map
+from imgrestore.ray_tasks import batched, chunk_size, ordered_map
 from imgrestore.training.data import to_uint8_rgb
 
 PRIOR_IMAGES = 2000
@@ -62,23 +62,20 @@ def score_decodings(model, dataset, limit: int, prior: HuePrior | None, device="
         raise ValueError("the model already decodes with a hue prior; score it without")
     n = min(len(dataset), limit)
     size = chunk_size(n, DECODE_CHUNK) if parallel else DECODE_CHUNK
-    return score_restorations(_restored(model, dataset, n, device, size), prior, progress, parallel, total=n)
+    return score_restorations(batched(_restored(model, dataset, n, device), size), prior, progress, parallel,
+                              total=n)
 
 
 @torch.no_grad()
-def _restored(model, dataset, n: int, device, size: int = DECODE_CHUNK) -> Iterator[list[tuple]]:
-    """Chunks of `size` (truth, restoration, mask) of the first `n` images of `dataset`."""
+def _restored(model, dataset, n: int, device) -> Iterator[tuple]:
+    """(truth, restoration, mask) of each of the first `n` images of `dataset`."""
     from imgrestore.submission.predict import restore  # submission imports training, not tuning: no cycle
 
-    chunk = []
     for i in range(n):
         gray, mask, rgb = dataset[i]
         g = (gray[0].numpy() * 255).round().astype(np.uint8)
         m = mask[0].numpy() > 0.5
-        chunk.append((to_uint8_rgb(rgb), restore(model, g, m, device), m))
-        if len(chunk) == size or i == n - 1:
-            yield chunk
-            chunk = []
+        yield to_uint8_rgb(rgb), restore(model, g, m, device), m
 
 
 def score_restorations(chunks: Iterable[list[tuple]], prior: HuePrior | None, progress: bool = False,
