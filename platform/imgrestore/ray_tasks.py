@@ -44,28 +44,25 @@ def ordered_map(fn: Callable, shared: Any, jobs: Iterable[tuple[Any, Any]], per_
     """(tag, fn(shared, payload)) for each (tag, payload) of `jobs`, in the jobs' order; each call a 1-CPU Ray
     task (no retries: a failure is the caller's error), `shared` put in the object store once. The tag stays in
     the driver (names, sizes); the payload travels. At most `per_cpu` tasks per CPU of the cluster are in flight,
-    so `jobs` is consumed only as fast as the results are. On an error (in `jobs` or a task), an interrupt, or a
-    consumer that stops early, the tasks still in flight are cancelled."""
+    so `jobs` is consumed only as fast as the results are.
+
+    On an error (in `jobs` or a task), an interrupt, or a consumer that stops early, no more jobs are pulled and
+    the references to the tasks in flight are dropped: those (at most `per_cpu` per CPU, each one chunk) run to
+    their end and their results are freed. They are not `ray.cancel`led: in Ray 2.60 a cancel that meets a task
+    finishing aborts the driver process (core worker check "Tried to complete task that was not pending": the
+    cancel-vs-completion race that ray-project/ray PR #54798 mended for retries; tests/test_ray_tasks.py
+    reproduces it), which would lose far more than a few seconds of leftover work."""
     import ray
 
     if not ray.is_initialized():
         raise RuntimeError("tasks need Ray initialised (ray.init)")
     task = ray.remote(num_cpus=1, max_retries=0)(fn)
     cap, shared_ref, pending = per_cpu * cluster_cpus(), ray.put(shared), deque()
-
-    def oldest():  # a task leaves `pending` only once its result is here, so the cancel below misses none
-        tag, ref = pending[0]
-        result = ray.get(ref)
-        pending.popleft()
-        return tag, result
-
-    try:
-        for tag, payload in jobs:
-            pending.append((tag, task.remote(shared_ref, payload)))
-            while len(pending) >= cap:
-                yield oldest()
-        while pending:
-            yield oldest()
-    finally:
-        for _, ref in pending:
-            ray.cancel(ref)
+    for tag, payload in jobs:
+        pending.append((tag, task.remote(shared_ref, payload)))
+        while len(pending) >= cap:
+            tag_done, ref = pending.popleft()
+            yield tag_done, ray.get(ref)
+    while pending:
+        tag_done, ref = pending.popleft()
+        yield tag_done, ray.get(ref)

@@ -147,7 +147,7 @@ def write_submission(model: torch.nn.Module, test: pd.DataFrame, out: str | os.P
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are already compressed
             zf.comment = (comment or submission_comment()).encode()[:65535]
-            # closed here, not whenever the traceback is freed: an error in this loop cancels the decoding tasks
+            # closed here, not whenever the traceback is freed: an error in this loop stops the decoding pulling work
             with contextlib.closing(_restorations(model, rows, reports, device, parallel)) as restored:
                 for name, rgb in tqdm(restored, total=len(rows), desc="restoring test set", disable=not progress):
                     buf = io.BytesIO()
