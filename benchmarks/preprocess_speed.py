@@ -69,8 +69,9 @@ def worker(kind: str, n: int, backend: str) -> dict:
         from cuml.cluster import HDBSCAN
         from cuml.manifold import UMAP
     else:
-        from hdbscan import HDBSCAN
-        from umap import UMAP
+        from imgrestore.clustering.scene_clusters import cpu_backend
+
+        UMAP, HDBSCAN = cpu_backend()  # as SceneClusterer: numba's disk cache on (the warm-up may only load it)
     X = clustered_points(n, 512)
     # warm-up: numba JIT (cpu) / CUDA context (cuml). More than 4096 points, so that umap-learn takes its
     # approximate (pynndescent) neighbour path and compiles it here too; 32-d to keep it short.

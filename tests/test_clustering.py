@@ -46,6 +46,22 @@ def test_blobs_give_their_clusters(fitted):
     assert sc.params_["n_neighbors"] == 5 and sc.adjustments_ == []
 
 
+def test_umaps_kernels_compile_once_into_numbas_disk_cache(fitted):
+    """umap-learn compiles its numba kernels in every new process (~16 s here) unless numba's disk cache is on
+    for them; SceneClusterer turns it on (benchmarks/umap_compile.py: 17 s a process -> 0.8 s, the same map)."""
+    import sys
+    from pathlib import Path
+
+    from numba.core.dispatcher import Dispatcher
+    from umap.umap_ import smooth_knn_dist
+
+    kernels = {id(v): v for m in list(sys.modules) if m.split(".")[0] == "umap"
+               for v in vars(sys.modules[m]).values() if isinstance(v, Dispatcher)}
+    assert len(kernels) > 50 and all(k.stats.cache_path for k in kernels.values())
+    # a kernel the fit compiled (or loaded): its index is on disk for the next process
+    assert list(Path(smooth_knn_dist.stats.cache_path).glob("*smooth_knn_dist*.nbi"))
+
+
 def test_predict_new_points_lands_in_their_cluster(fitted):
     sc, y = fitted
     X_new, y_new = _blobs(60, seed=7)

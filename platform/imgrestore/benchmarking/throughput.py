@@ -98,9 +98,9 @@ def cluster_worker(sizes: list[int], d: int) -> None:
     each size in turn; prints one JSON line for the JIT warm-up, then one per size as soon as it is done."""
     warnings.simplefilter("ignore")
     t = time.perf_counter()
-    from hdbscan import HDBSCAN
-    from umap import UMAP
+    from imgrestore.clustering.scene_clusters import cpu_backend
 
+    UMAP, HDBSCAN = cpu_backend()  # numba's disk cache, as SceneClusterer: the warm-up below may only load it
     kw = dict(n_neighbors=5, min_dist=0.0, n_components=2, random_state=42)
     for m in (300, 4200) if max(sizes) >= 4096 else (300,):  # JIT: exact neighbours < 4096 points, NN-descent above
         HDBSCAN(min_cluster_size=5, prediction_data=True).fit(UMAP(**kw).fit_transform(clustered_points(m, 8)))

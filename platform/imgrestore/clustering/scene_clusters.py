@@ -58,6 +58,36 @@ def resolve_backend(backend: str = "auto") -> str:
     return "cuml" if ok else "cpu"
 
 
+def cpu_backend():
+    """umap-learn's ``UMAP`` and hdbscan's ``HDBSCAN``, with numba's on-disk cache turned on for the numba kernels
+    of umap-learn (and of pynndescent, which it uses above 4096 points).
+
+    Why: umap-learn declares almost none of its kernels ``cache=True``, so every new process that clusters (each
+    pipeline run, each Ray worker, each subprocess of the tests) compiled them again: ~16 s on 2 cores, most of a
+    small dataset's clustering. ``Dispatcher.enable_caching`` is what ``cache=True`` does: the first process
+    writes the machine code next to the kernels' source (``__pycache__``, or numba's user-wide cache where that is
+    not writable, or ``$NUMBA_CACHE_DIR``), later ones load it (~1 s). numba keys each entry on the source file's
+    stamp and the CPU, so an upgraded umap-learn or another machine compiles afresh; the maps are the same bit for
+    bit (docs/benchmarks.md, "UMAP's numba kernels: compiled once, not in every process").
+    """
+    import sys
+
+    from hdbscan import HDBSCAN
+    from numba.core.dispatcher import Dispatcher
+    from umap import UMAP
+
+    for name in [m for m in sys.modules if m.split(".")[0] in ("umap", "pynndescent")]:
+        for value in list(vars(sys.modules[name]).values()):
+            if isinstance(value, Dispatcher) and value.stats.cache_path is None:
+                try:
+                    value.enable_caching()
+                except RuntimeError as e:  # numba found no writable cache folder: compile as shipped, say why
+                    log.warning("scene clusters: numba cannot cache umap-learn's kernels (%s); each new process "
+                                "compiles them (~16 s). Set NUMBA_CACHE_DIR to a writable folder.", e)
+                    return UMAP, HDBSCAN
+    return UMAP, HDBSCAN
+
+
 def _numpy_out(backend: str):
     """Context in which cuML returns NumPy arrays (a no-op for the CPU libraries)."""
     if backend != "cuml":
@@ -135,8 +165,7 @@ class SceneClusterer:
 
             umap_kw["output_type"] = hdb_kw["output_type"] = "numpy"
         else:
-            from hdbscan import HDBSCAN
-            from umap import UMAP
+            UMAP, HDBSCAN = cpu_backend()
         with warnings.catch_warnings(), _numpy_out(self.backend_):
             warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")  # random_state => 1 thread
             warnings.filterwarnings("ignore", message=".*not fully connected.*")  # separate scenes: expected
