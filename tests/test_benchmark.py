@@ -179,11 +179,12 @@ def test_quick_benchmark_writes_both_sections(tmp_path, ray_local, capsys):
 
     quality = tables_under(text, "### Held-out test set (6 images; best test score in bold)")[0]
     methods = [r["method"] for r in quality]
-    classical = ["classical: input_copy", "classical: telea", "classical: navier_stokes", "classical: fsr"]
-    assert methods[:12] == [*classical, *(f"{c} + hue prior" for c in classical),  # cpu.yaml: hue_prior true
+    classical = ["classical: input_copy", "classical: telea", "classical: navier_stokes", "classical: fsr",
+                 "classical: fsr_biharmonic"]
+    assert methods[:14] == [*classical, *(f"{c} + hue prior" for c in classical),  # cpu.yaml: hue_prior true
                             "telea + global mean Cb/Cr", "telea + cluster Cb/Cr by luma",
                             "seed recipe, KFold validation", "platform champion"]
-    assert methods[12:] in ([], ["best trial (lost on validation)"])  # when a classical restorer won
+    assert methods[14:] in ([], ["best trial (lost on validation)"])  # when a classical restorer won
     for row in quality:
         for col in ("test S", "test M", "test C", "test score"):
             assert math.isfinite(number(row[col])) and -1 <= number(row[col]) <= 1, (row["method"], col)
@@ -259,11 +260,11 @@ def test_demo_time_scores_the_registered_champion_on_held_out_images(tmp_path, t
     spec.loader.exec_module(demo_time)
     rows = demo_time.score_held_out(tmp_path, model_uri, data=tiny_dacon)
     assert list(rows) == ["demo champion", "classical: input_copy", "classical: telea", "classical: navier_stokes",
-                          "classical: fsr"]
+                          "classical: fsr", "classical: fsr_biharmonic"]
     assert len(rows["demo champion"]["frame"]) == 6
     pd.testing.assert_frame_equal(rows["demo champion"]["frame"], rows["classical: telea"]["frame"])
     lines = demo_time.held_out_table(rows)
-    assert len(lines) == 2 + 5 and lines[2].endswith("| - |")
+    assert len(lines) == 2 + 6 and lines[2].endswith("| - |")
     assert "+0.0000 ± 0.0000 (higher on 0 of 6 images)" in lines[4]  # the champion is telea
 
 

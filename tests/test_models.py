@@ -35,7 +35,8 @@ LEARNED = {
     "effnet_unet-luma": dict(base_channels=4, depth=4, pretrained=False, max_channels=16, chroma="none",
                              net_size=48, prefill="fsr"),
 }
-CLASSICAL = {"input_copy": None, "telea": cv2.INPAINT_TELEA, "navier_stokes": cv2.INPAINT_NS, "fsr": None}
+CLASSICAL = {"input_copy": None, "telea": cv2.INPAINT_TELEA, "navier_stokes": cv2.INPAINT_NS, "fsr": None,
+             "fsr_biharmonic": None}
 
 
 def build(key: str):
@@ -107,7 +108,7 @@ def test_known_gray_is_exact_and_untrained_model_returns_its_prefill(key):
     untrained = restore(model, gray, mask)
     method = getattr(model, "prefill_method", "none")
     expected = gray if method in ("none", "pushpull") and not is_trainable(model) else None
-    if method in ("telea", "ns", "fsr"):
+    if method in ("telea", "ns", "fsr", "fsr_biharmonic"):
         expected = np.where(mask, inpaint_uint8(gray, mask, method, model.prefill_radius), gray)
     if expected is not None:
         np.testing.assert_array_equal(untrained, np.repeat(expected[..., None], 3, -1))
@@ -140,6 +141,19 @@ def test_fsr_is_opencv_contrib():
     direct = np.zeros_like(gray)
     cv2.xphoto.inpaint(gray, (~mask).astype(np.uint8) * 255, direct, cv2.xphoto.INPAINT_FSR_FAST)
     np.testing.assert_array_equal(restore(create_model("fsr"), gray, mask)[..., 0], np.where(mask, direct, gray))
+
+
+def test_fsr_biharmonic_is_the_mean_of_fsr_and_scikit_images_biharmonic_inpainting():
+    from skimage.restoration import inpaint_biharmonic
+
+    gray, mask, _ = real_damage(6, size=64)
+    fsr = np.zeros_like(gray)
+    cv2.xphoto.inpaint(gray, (~mask).astype(np.uint8) * 255, fsr, cv2.xphoto.INPAINT_FSR_FAST)
+    smooth = np.round(inpaint_biharmonic(gray / 255.0, mask) * 255)
+    direct = np.floor((fsr + smooth) / 2 + 0.5).astype(np.uint8)  # the mean, halves rounded up
+    out = restore(create_model("fsr_biharmonic"), gray, mask)
+    np.testing.assert_array_equal(out, np.repeat(np.where(mask, direct, gray)[..., None], 3, -1))
+    assert (direct[mask] != fsr[mask]).any() and (direct[mask] != smooth[mask]).any()  # neither one alone
 
 
 @pytest.mark.parametrize("key", sorted(LEARNED))

@@ -59,7 +59,7 @@ def test_tune_pipeline_end_to_end(workdir, monkeypatch, capsys):
     exp_id = MlflowClient(uri).get_experiment_by_name("tiny").experiment_id  # the link opens its training runs
     assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning" in out
     summary = json.loads(out.strip().splitlines()[-1])
-    for name in ("input_copy", "telea", "navier_stokes", "fsr"):  # measured beside the trials, in the summary
+    for name in ("input_copy", "telea", "navier_stokes", "fsr", "fsr_biharmonic"):  # beside the trials, in the summary
         assert f"  {name} " in out and f"  {name} + hue prior " in out
 
     client = MlflowClient(uri)

@@ -383,7 +383,7 @@ def bench_two_trial_search(quick: bool = False) -> list[dict]:
 
 
 def _baselines_this_node():
-    """(context, note) for the search's classical baselines on this node: all of them, or all but `fsr` where
+    """(context, note) for the search's classical baselines on this node: all of them, or all but the fsr ones where
     OpenCV has no contrib modules (a GPU node's preinstalled opencv-python without cv2.xphoto), said in the note,
     so that the measurement still runs; the product itself needs opencv-contrib (pyproject) and fails loudly."""
     import cv2
@@ -395,7 +395,7 @@ def _baselines_this_node():
     from imgrestore.tuning import search
     from imgrestore.tuning.baselines import CLASSICAL_FAMILIES, evaluate_baselines
 
-    kept = tuple(f for f in CLASSICAL_FAMILIES if f != "fsr")
+    kept = tuple(f for f in CLASSICAL_FAMILIES if not f.startswith("fsr"))
     patch = mock.patch.object(search, "evaluate_baselines", functools.partial(evaluate_baselines, families=kept))
-    return patch, ("; the fsr baseline left out: this node's OpenCV has no contrib modules (cv2.xphoto), "
+    return patch, ("; the fsr baselines left out: this node's OpenCV has no contrib modules (cv2.xphoto), "
                    f"baselines {', '.join(kept)}")

@@ -74,8 +74,9 @@ def model_predictor(model) -> Callable[[TestImage], np.ndarray]:
 
 
 def classical_predictors(hue_prior=None) -> dict[str, Callable[[TestImage], np.ndarray]]:
-    """The registered classical restorers (input_copy, telea, navier_stokes, fsr) at their defaults, by label;
-    with a fitted `hue_prior`, each also decoded by it ("fsr + hue prior"), as a search with `hue_prior` offers."""
+    """The registered classical restorers (input_copy, telea, navier_stokes, fsr, fsr_biharmonic) at their
+    defaults, by label; with a fitted `hue_prior`, each also decoded by it ("fsr + hue prior"), as a search with
+    `hue_prior` offers."""
     from imgrestore.models import create_model
     from imgrestore.tuning.baselines import label
     from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR

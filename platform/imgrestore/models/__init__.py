@@ -16,7 +16,7 @@ Learned families: ``unet``, ``two_stage_unet``, ``effnet_unet`` (pretrained
 EfficientNet-Lite0 encoder); each fills the hole classically first (``prefill``)
 and predicts chroma by regression or by classification over colour bins
 (``chroma``). Classical restorers, no parameters: ``input_copy``, ``telea``,
-``navier_stokes``, ``fsr``.
+``navier_stokes``, ``fsr``, ``fsr_biharmonic``.
 """
 
 from .registry import create_model, is_model, list_models, register_model

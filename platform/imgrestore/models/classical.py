@@ -8,6 +8,7 @@ competition's metric a wrong colour costs more than no colour (see docs/benchmar
     telea          OpenCV ``cv2.inpaint`` INPAINT_TELEA (fast marching)
     navier_stokes  OpenCV ``cv2.inpaint`` INPAINT_NS
     fsr            OpenCV contrib ``cv2.xphoto.inpaint`` FSR_FAST (frequency-selective reconstruction)
+    fsr_biharmonic the mean of FSR's fill and scikit-image's ``inpaint_biharmonic`` (see ``models.prefill``)
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 from .base import Restorer
 from .registry import register_model
 
-CLASSICAL = {"input_copy": "none", "telea": "telea", "navier_stokes": "ns", "fsr": "fsr"}
+CLASSICAL = {"input_copy": "none", "telea": "telea", "navier_stokes": "ns", "fsr": "fsr",
+             "fsr_biharmonic": "fsr_biharmonic"}
 
 
 class ClassicalRestorer(Restorer):

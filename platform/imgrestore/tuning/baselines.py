@@ -21,7 +21,7 @@ from imgrestore.metrics import KEYS
 from imgrestore.models.classical import CLASSICAL
 from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, IMAGE_SCORES, fit_prior, score_decodings
 
-CLASSICAL_FAMILIES = tuple(CLASSICAL)  # input_copy, telea, navier_stokes, fsr
+CLASSICAL_FAMILIES = tuple(CLASSICAL)  # input_copy, telea, navier_stokes, fsr, fsr_biharmonic
 # The keys that decide which images validation sees, and at what size: a baseline must share them with the trials.
 VALIDATION_KEYS = ("data_dir", "preproc_csv", "val_fold", "image_size", "max_val_images", "hue_prior")
 

@@ -34,7 +34,7 @@ from imgrestore.training.loop import DEFAULTS, read_split, with_defaults
 from imgrestore.tuning.baselines import ChampionChoice, FoldScores, classical_across_folds, label, pick_champion
 from imgrestore.tuning.decoding import AS_IS, HUE_PRIOR, IMAGE_SCORES, classical_champion, fit_prior, score_decodings
 
-CANDIDATES = ("telea", "fsr")
+CANDIDATES = ("telea", "fsr", "fsr_biharmonic")
 
 
 def ray_is_up() -> bool:
