@@ -1,16 +1,14 @@
 """What the CPU tests assert on the CPU, asserted on a CUDA device. Skipped where there is none (CI has none);
 run on a GPU node with `pytest tests/test_cuda.py` (docs/benchmarks.md, "GPU: the CUDA checks"). The training
 tests (tests/test_training.py) need no copy here: `train` runs on CUDA by default where there is one, bf16 on
-Ampere and newer."""
+Ampere and newer; nor does `lock_luma_torch` (tests/test_evaluate.py runs it on CUDA too where there is one)."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from imgrestore.models import create_model
-from imgrestore.models.color import lock_luma, lock_luma_torch
 from imgrestore.training.data import RestorationDataset, batch_to_device
 from imgrestore.training.evaluate import evaluate
 
@@ -34,18 +32,6 @@ def test_uint8_batches_convert_on_cuda_exactly_as_on_the_cpu():
         assert torch.equal(g.cpu(), w)
     plain = (levels.to(CUDA).float() / 255).cpu()
     assert (plain != levels.float() / 255).sum() > 0
-
-
-def test_lock_luma_on_cuda_matches_numpy():
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (4, 40, 50, 3), dtype=np.uint8)
-    rgb[0, :5] = 255  # saturated pixels, where the luma cannot be locked by adding: they become gray
-    gray = rng.integers(0, 256, (4, 40, 50), dtype=np.uint8)
-    keep = rng.random((4, 40, 50)) < 0.7
-    want = np.stack([lock_luma(rgb[i], gray[i], keep[i]) for i in range(4)])
-    got = lock_luma_torch(torch.from_numpy(rgb).permute(0, 3, 1, 2).to(CUDA), torch.from_numpy(gray).to(CUDA),
-                          torch.from_numpy(keep).to(CUDA))
-    assert np.array_equal(got.permute(0, 2, 3, 1).cpu().numpy(), want)
 
 
 def test_validation_on_cuda_scores_the_same_with_the_torch_and_the_numpy_metric(tiny_dacon):

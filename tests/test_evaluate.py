@@ -55,15 +55,18 @@ def test_metric_backend_choice():
         metric_backend("gpu", "cpu")
 
 
-def test_lock_luma_torch_matches_numpy():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_lock_luma_torch_matches_numpy(device):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
     rgb[0, :5] = 255  # saturated pixels, where the luma cannot be locked by adding: they become gray
     gray = rng.integers(0, 256, (3, 40, 50), dtype=np.uint8)
     keep = rng.random((3, 40, 50)) < 0.7
     want = np.stack([lock_luma(rgb[i], gray[i], keep[i]) for i in range(3)])
-    got = lock_luma_torch(torch.from_numpy(rgb).permute(0, 3, 1, 2), torch.from_numpy(gray), torch.from_numpy(keep))
-    assert np.array_equal(got.permute(0, 2, 3, 1).numpy(), want)
+    got = lock_luma_torch(torch.from_numpy(rgb).permute(0, 3, 1, 2).to(device), torch.from_numpy(gray).to(device),
+                          torch.from_numpy(keep).to(device))
+    assert np.array_equal(got.permute(0, 2, 3, 1).cpu().numpy(), want)
 
 
 @pytest.mark.parametrize("metric", ["numpy", "torch"])
