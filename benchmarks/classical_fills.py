@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -27,7 +26,7 @@ from imgrestore.metrics import score_image
 from imgrestore.models import create_model
 from imgrestore.submission.predict import restore
 from imgrestore.training.data import load_pair
-from imgrestore.tuning.baselines import CLASSICAL_FAMILIES
+from imgrestore.tuning.baselines import CLASSICAL_FAMILIES, PairedAdvantage
 from imgrestore.tuning.decoding import fit_prior
 
 SECTION = "## Classical restorers side by side"
@@ -60,9 +59,8 @@ def section(frame: pd.DataFrame, args, argv: list[str]) -> str:
              "|---|---|---:|---:|---:|---:|---|"]
     for (decoding, name), g in frame.groupby(["decoding", "restorer"], sort=False):
         ref = frame[(frame["decoding"] == decoding) & (frame["restorer"] == "fsr")].set_index("image")["score"]
-        d = g.set_index("image")["score"] - ref
-        delta = "reference" if name == "fsr" else (f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f} "
-                                                   f"({(d > 0).sum()} of {len(d)})")
+        scores = g.set_index("image")["score"]
+        delta = "reference" if name == "fsr" else PairedAdvantage.of(scores, ref.loc[scores.index]).text()
         lines.append(f"| {name} | {decoding} | {g['ssim'].mean():.3f} | {g['masked_ssim'].mean():.3f} | "
                      f"{g['hist_sim'].mean():.3f} | {g['score'].mean():.4f} | {delta} |")
     return "\n".join(lines) + "\n"
